@@ -1,0 +1,54 @@
+//! The wire contract between `xsk-brokerd` and its clients.
+//!
+//! A connection is a Unix stream socket. Every message is one *frame*:
+//!
+//! ```text
+//! +----------------+----------------+--------------------------+
+//! | body length    | fd count       | body: one JSON object    |
+//! | u32 little-end | u32 little-end | (UTF-8, <= 64 KiB)       |
+//! +----------------+----------------+--------------------------+
+//! ```
+//!
+//! File descriptors travel as `SCM_RIGHTS` ancillary data attached to the
+//! frame's bytes. The fd count in the header *declares* how many fds the frame
+//! carries; a frame whose fds do not match its declaration is refused and the
+//! fds it did carry are closed ([`transport::Channel::recv`]).
+//!
+//! The first request on a connection is [`Request::Hello`]; the broker answers
+//! with its version or an [`ErrorCode::UnsupportedVersion`] error. A connection
+//! then holds at most one lease: [`Request::Open`] is answered by
+//! [`Response::Opened`] plus one AF_XDP socket fd per queue, in queue order.
+//! The lease ends when the connection closes (for any reason) or on
+//! [`Request::Release`].
+//!
+//! ```
+//! use xsk_broker_protocol::{decode_request, encode_body, Request, OpenRequest, XdpMode, CopyMode};
+//!
+//! let req = Request::Open(OpenRequest {
+//!     ifname: "eth0".into(),
+//!     queues: 2,
+//!     start_queue: 0,
+//!     mode: XdpMode::Auto,
+//!     copy: CopyMode::Auto,
+//! });
+//! let body = encode_body(&req).unwrap();
+//! assert_eq!(decode_request(&body).unwrap(), req);
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod frame;
+pub mod message;
+pub mod transport;
+
+pub use frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS, MAX_MESSAGE_LEN};
+pub use message::{
+    decode_request, decode_response, encode_body, AttachMode, CopyMode, DecodeError, ErrorCode,
+    ErrorReply, Hello, HelloReply, OpenRequest, Opened, Request, Response, SocketInfo, XdpMode,
+    MAX_IFNAME_LEN, MAX_QUEUES,
+};
+pub use transport::{Channel, Received, TransportError};
+
+/// The protocol version this crate speaks. A peer with another version gets
+/// [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;

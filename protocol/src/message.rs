@@ -1,0 +1,478 @@
+//! Message types and their JSON encoding.
+//!
+//! Requests and responses are JSON objects tagged by `"op"`. Unknown fields are
+//! refused, duplicate keys are refused, and every value a peer sends is checked
+//! by [`decode_request`] / [`decode_response`] before it is used.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::frame::MAX_MESSAGE_LEN;
+
+/// Most queues one lease may hold.
+pub const MAX_QUEUES: u32 = 64;
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// XDP attach mode a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, else skb (generic) mode.
+    #[default]
+    Auto,
+    /// Driver mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Skb,
+}
+
+/// XDP attach mode actually in force on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// Driver mode.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        })
+    }
+}
+
+/// Copy or zero-copy wish, applied by the client when it binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMode {
+    /// Let the kernel choose (zero-copy where the driver supports it).
+    #[default]
+    Auto,
+    /// Force copy mode (`XDP_COPY`).
+    Copy,
+    /// Require zero-copy (`XDP_ZEROCOPY`); binding fails where unsupported.
+    ZeroCopy,
+}
+
+/// First request on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub version: u32,
+}
+
+/// Ask for AF_XDP sockets on `queues` consecutive queues of `ifname`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// Interface name, in the broker's network namespace.
+    pub ifname: String,
+    /// Number of queues, 1..=[`MAX_QUEUES`].
+    pub queues: u32,
+    /// First queue id.
+    #[serde(default)]
+    pub start_queue: u32,
+    /// XDP attach mode.
+    #[serde(default)]
+    pub mode: XdpMode,
+    /// Copy / zero-copy wish.
+    #[serde(default)]
+    pub copy: CopyMode,
+}
+
+impl OpenRequest {
+    /// Check the values a peer cannot be trusted with. The broker still checks
+    /// the queue range against the device.
+    pub fn validate(&self) -> Result<(), ErrorReply> {
+        validate_ifname(&self.ifname)?;
+        if self.queues == 0 || self.queues > MAX_QUEUES {
+            return Err(ErrorReply::new(
+                ErrorCode::QueueOutOfRange,
+                format!(
+                    "queues must be between 1 and {MAX_QUEUES}, got {}",
+                    self.queues
+                ),
+            ));
+        }
+        if self.start_queue.checked_add(self.queues).is_none() {
+            return Err(ErrorReply::new(
+                ErrorCode::QueueOutOfRange,
+                format!(
+                    "start_queue {} plus {} queues overflows",
+                    self.start_queue, self.queues
+                ),
+            ));
+        }
+        if self.mode == XdpMode::Skb && self.copy == CopyMode::ZeroCopy {
+            return Err(ErrorReply::new(
+                ErrorCode::ModeNotSupported,
+                "zero-copy needs native XDP mode; skb mode always copies",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The queue ids this request covers, in order.
+    pub fn queue_ids(&self) -> std::ops::Range<u32> {
+        self.start_queue..self.start_queue.saturating_add(self.queues)
+    }
+}
+
+/// Check an interface name the way the kernel's `dev_valid_name` does.
+pub fn validate_ifname(name: &str) -> Result<(), ErrorReply> {
+    let bad = |why: &str| {
+        Err(ErrorReply::new(
+            ErrorCode::NoSuchInterface,
+            format!("invalid interface name {name:?}: {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return bad("longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("reserved name");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    {
+        return bad("contains '/', ':', NUL or white space");
+    }
+    Ok(())
+}
+
+/// A request from client to broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Version handshake; must be first.
+    Hello(Hello),
+    /// Lease sockets.
+    Open(OpenRequest),
+    /// End this connection's lease and keep the connection.
+    Release,
+}
+
+impl Request {
+    /// The `op` names this version understands.
+    pub const OPS: &'static [&'static str] = &["hello", "open", "release"];
+}
+
+/// Broker's answer to [`Request::Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloReply {
+    /// Protocol version the broker speaks.
+    pub version: u32,
+    /// Broker name and version, for logs.
+    pub server: String,
+}
+
+/// One leased socket; its fd is at the same index in the frame's fds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketInfo {
+    /// Queue id to bind to.
+    pub queue_id: u32,
+    /// Interface index to bind to (in the broker's network namespace, which
+    /// is the socket's).
+    pub ifindex: u32,
+}
+
+/// Broker's answer to [`Request::Open`]; carries one fd per socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opened {
+    /// Interface name.
+    pub ifname: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// XDP mode in force.
+    pub mode: AttachMode,
+    /// Id of the XDP program attached to the interface.
+    pub program_id: u32,
+    /// Copy wish to apply at bind time.
+    pub copy: CopyMode,
+    /// Sockets in queue order.
+    pub sockets: Vec<SocketInfo>,
+}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The interface does not exist in the broker's namespace, or its name is invalid.
+    NoSuchInterface,
+    /// A queue id is outside the device's rx queues or the 1..=64 range.
+    QueueOutOfRange,
+    /// A queue is held by another lease.
+    QueueBusy,
+    /// The XDP mode or copy setting cannot be had on this interface.
+    ModeNotSupported,
+    /// Policy or capabilities forbid this.
+    NotPermitted,
+    /// The message is malformed, unknown or out of order.
+    BadRequest,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// The broker failed for a reason of its own.
+    Internal,
+    /// A code from a newer broker that this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire name of the code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::NoSuchInterface => "no_such_interface",
+            ErrorCode::QueueOutOfRange => "queue_out_of_range",
+            ErrorCode::QueueBusy => "queue_busy",
+            ErrorCode::ModeNotSupported => "mode_not_supported",
+            ErrorCode::NotPermitted => "not_permitted",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error answer: a stable code and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[serde(deny_unknown_fields)]
+#[error("{code}: {message}")]
+pub struct ErrorReply {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Build an error reply.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A response from broker to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to hello.
+    Hello(HelloReply),
+    /// Answer to open; fds attached.
+    Opened(Opened),
+    /// Answer to release: the queues that were freed.
+    Released {
+        /// Queue ids freed.
+        queues: Vec<u32>,
+    },
+    /// Any failure.
+    Error(ErrorReply),
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The body is not valid JSON (or not UTF-8, or nested too deep).
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// The body is JSON without a string `op` field.
+    #[error("message has no \"op\" string field")]
+    NoOp,
+    /// `op` names no operation this version knows.
+    #[error("unknown operation {0:?} (this broker knows: hello, open, release)")]
+    UnknownOp(String),
+    /// The operation is known but its fields are wrong.
+    #[error("invalid {op:?} message: {reason}")]
+    Invalid {
+        /// The operation.
+        op: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<DecodeError> for ErrorReply {
+    fn from(e: DecodeError) -> Self {
+        ErrorReply::new(ErrorCode::BadRequest, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+struct OpOnly {
+    op: Option<serde_json::Value>,
+}
+
+fn decode_tagged<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    known: &[&str],
+) -> Result<T, DecodeError> {
+    // First pass: syntax (serde_json limits nesting to 128 levels) and the tag.
+    let tag: OpOnly = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let op = match tag.op {
+        Some(serde_json::Value::String(op)) => op,
+        _ => return Err(DecodeError::NoOp),
+    };
+    if !known.contains(&op.as_str()) {
+        let mut shown = op;
+        shown.truncate(64);
+        return Err(DecodeError::UnknownOp(shown));
+    }
+    serde_json::from_slice(body).map_err(|e| DecodeError::Invalid {
+        op,
+        reason: e.to_string(),
+    })
+}
+
+/// Decode a request body. Never panics, whatever the bytes.
+pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
+    decode_tagged(body, Request::OPS)
+}
+
+/// Decode a response body. Never panics, whatever the bytes.
+pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
+    decode_tagged(body, &["hello", "opened", "released", "error"])
+}
+
+/// Encode a message body, refusing bodies over the size limit.
+pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, DecodeError> {
+    let body = serde_json::to_vec(msg).map_err(|e| DecodeError::Json(e.to_string()))?;
+    if body.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::Json(format!(
+            "encoded message is {} bytes, over the {MAX_MESSAGE_LEN} byte limit",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(body: &str) -> Result<Request, DecodeError> {
+        decode_request(body.as_bytes())
+    }
+
+    #[test]
+    fn defaults_and_names() {
+        let r = open(r#"{"op":"open","ifname":"veth0","queues":2}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Open(OpenRequest {
+                ifname: "veth0".into(),
+                queues: 2,
+                start_queue: 0,
+                mode: XdpMode::Auto,
+                copy: CopyMode::Auto
+            })
+        );
+        let r = open(r#"{"op":"open","ifname":"a","queues":1,"mode":"skb","copy":"zero-copy"}"#)
+            .unwrap();
+        let Request::Open(o) = r else { panic!() };
+        assert_eq!((o.mode, o.copy), (XdpMode::Skb, CopyMode::ZeroCopy));
+        assert_eq!(o.validate().unwrap_err().code, ErrorCode::ModeNotSupported);
+    }
+
+    #[test]
+    fn rejects() {
+        assert!(matches!(open("{"), Err(DecodeError::Json(_))));
+        assert!(matches!(open("[1,2]"), Err(DecodeError::Json(_))));
+        assert!(matches!(open("\"x\""), Err(DecodeError::Json(_))));
+        assert_eq!(open(r#"{"x":1}"#), Err(DecodeError::NoOp));
+        assert_eq!(open(r#"{"op":7}"#), Err(DecodeError::NoOp));
+        assert_eq!(
+            open(r#"{"op":"frobnicate"}"#),
+            Err(DecodeError::UnknownOp("frobnicate".into()))
+        );
+        // Unknown field, duplicate key, wrong type, negative number.
+        for bad in [
+            r#"{"op":"open","ifname":"a","queues":1,"extra":1}"#,
+            r#"{"op":"open","ifname":"a","queues":1,"queues":2}"#,
+            r#"{"op":"open","ifname":"a","queues":"1"}"#,
+            r#"{"op":"open","ifname":"a","queues":-1}"#,
+            r#"{"op":"open","ifname":"a","queues":1,"mode":"turbo"}"#,
+            r#"{"op":"hello"}"#,
+        ] {
+            assert!(
+                matches!(open(bad), Err(DecodeError::Invalid { .. })),
+                "{bad} -> {:?}",
+                open(bad)
+            );
+        }
+        // Invalid UTF-8 and deep nesting are errors, not crashes.
+        assert!(decode_request(b"{\"op\":\"hel\xfflo\"}").is_err());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(open(&deep), Err(DecodeError::Json(_))));
+    }
+
+    #[test]
+    fn queue_and_name_checks() {
+        let mk = |q: u32, s: u32, n: &str| OpenRequest {
+            ifname: n.into(),
+            queues: q,
+            start_queue: s,
+            mode: XdpMode::Auto,
+            copy: CopyMode::Auto,
+        };
+        assert_eq!(mk(0, 0, "a").validate().unwrap_err().code, ErrorCode::QueueOutOfRange);
+        assert_eq!(mk(65, 0, "a").validate().unwrap_err().code, ErrorCode::QueueOutOfRange);
+        assert!(mk(64, 0, "a").validate().is_ok());
+        assert_eq!(
+            mk(2, u32::MAX, "a").validate().unwrap_err().code,
+            ErrorCode::QueueOutOfRange
+        );
+        for bad in ["", "a/b", "a b", "0123456789abcdef", "..", "a:1"] {
+            assert_eq!(
+                mk(1, 0, bad).validate().unwrap_err().code,
+                ErrorCode::NoSuchInterface,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(mk(3, 5, "a").queue_ids().collect::<Vec<_>>(), vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn responses_roundtrip() {
+        let opened = Response::Opened(Opened {
+            ifname: "veth0".into(),
+            ifindex: 7,
+            mode: AttachMode::Native,
+            program_id: 42,
+            copy: CopyMode::Copy,
+            sockets: vec![SocketInfo { queue_id: 0, ifindex: 7 }],
+        });
+        let body = encode_body(&opened).unwrap();
+        assert_eq!(decode_response(&body).unwrap(), opened);
+        let err = decode_response(br#"{"op":"error","code":"from_the_future","message":"m"}"#)
+            .unwrap();
+        assert_eq!(
+            err,
+            Response::Error(ErrorReply::new(ErrorCode::Unknown, "m"))
+        );
+        let body = encode_body(&Request::Release).unwrap();
+        assert_eq!(body, br#"{"op":"release"}"#);
+    }
+}

@@ -1,0 +1,297 @@
+//! Framed messages with fds over a Unix stream socket.
+
+use std::io::{self, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use sendfd::SendWithFd;
+use thiserror::Error;
+
+use crate::frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS};
+use crate::message::{encode_body, DecodeError};
+
+/// What went wrong moving a frame.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// The peer closed the connection between frames.
+    #[error("peer closed the connection")]
+    Closed,
+    /// The peer closed the connection or stopped in the middle of a frame.
+    #[error("connection ended in the middle of a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// The header broke a limit; the stream cannot be trusted after this.
+    #[error("bad frame header: {0}")]
+    Frame(#[from] FrameError),
+    /// The frame's fds did not match its declaration. The fds were closed;
+    /// the stream is still in step.
+    #[error("message declared {declared} fds but carried {received}; they were closed")]
+    FdMismatch {
+        /// Declared in the header.
+        declared: u32,
+        /// Actually received.
+        received: usize,
+    },
+    /// More fds were sent than fit the control buffer (`MSG_CTRUNC`); the
+    /// kernel dropped the excess and the rest were closed.
+    #[error("control data truncated (more than {MAX_FDS} fds sent); the fds were closed")]
+    ControlTruncated,
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] DecodeError),
+    /// The read timed out (`SO_RCVTIMEO`).
+    #[error("timed out waiting for the peer")]
+    TimedOut,
+    /// Any other socket error.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl TransportError {
+    /// Whether the stream is still aligned on a frame boundary after this error,
+    /// so the connection can answer and carry on.
+    pub fn stream_in_step(&self) -> bool {
+        matches!(
+            self,
+            TransportError::FdMismatch { .. } | TransportError::ControlTruncated
+        )
+    }
+}
+
+/// A received frame: its JSON body and the fds that came with it.
+#[derive(Debug)]
+pub struct Received {
+    /// JSON body, not yet decoded.
+    pub body: Vec<u8>,
+    /// fds carried by the frame, owned (closed on drop), close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// One end of a framed connection.
+#[derive(Debug)]
+pub struct Channel {
+    stream: UnixStream,
+}
+
+impl Channel {
+    /// Wrap a connected stream.
+    pub fn new(stream: UnixStream) -> Self {
+        Channel { stream }
+    }
+
+    /// The underlying stream (for timeouts, credentials, poll).
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Send one message with `fds` attached.
+    pub fn send<T: serde::Serialize>(
+        &self,
+        msg: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), TransportError> {
+        let body = encode_body(msg)?;
+        self.send_raw(&body, fds.len() as u32, fds)
+    }
+
+    /// Send a body as-is with a declared fd count that may differ from the
+    /// fds attached. For tests of peers that must refuse such frames.
+    pub fn send_raw(
+        &self,
+        body: &[u8],
+        declared_fds: u32,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), TransportError> {
+        if fds.len() > MAX_FDS {
+            return Err(FrameError::TooManyFds {
+                fds: fds.len() as u32,
+            }
+            .into());
+        }
+        let header = FrameHeader {
+            len: body.len() as u32,
+            fds: declared_fds,
+        }
+        .encode();
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(body);
+        let sent = loop {
+            match self.stream.send_with_fd(&frame, &raw) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The fds went with the first bytes; the rest is plain data.
+        if sent < frame.len() {
+            (&self.stream).write_all(&frame[sent..])?;
+        }
+        Ok(())
+    }
+
+    /// Read exactly `buf.len()` bytes, collecting any fds that arrive.
+    /// Returns bytes read (less than `buf.len()` only at end of stream) and
+    /// whether control data was truncated.
+    fn read_full(
+        &self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(usize, bool), TransportError> {
+        let mut got = 0;
+        let mut truncated = false;
+        let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
+        while got < buf.len() {
+            let mut iov = [IoSliceMut::new(&mut buf[got..])];
+            let msg = match recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_buf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Err(TransportError::TimedOut),
+                Err(e) => return Err(io::Error::from(e).into()),
+            };
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                truncated = true;
+            }
+            let n = msg.bytes;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for fd in raw {
+                            // SAFETY: the kernel just installed `fd` in our table
+                            // for this message; nothing else owns it.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok((got, truncated))
+    }
+
+    /// Receive one frame. The fds it carried are returned only if their count
+    /// matches the header's declaration; otherwise they are closed and
+    /// [`TransportError::FdMismatch`] is returned with the stream still in step.
+    pub fn recv(&self) -> Result<Received, TransportError> {
+        let mut fds = Vec::new();
+        let mut header = [0u8; HEADER_LEN];
+        let (got, mut truncated) = self.read_full(&mut header, &mut fds)?;
+        if got == 0 {
+            return Err(TransportError::Closed);
+        }
+        if got < HEADER_LEN {
+            return Err(TransportError::Truncated {
+                got,
+                want: HEADER_LEN,
+            });
+        }
+        let header = FrameHeader::decode(header)?;
+        let mut body = vec![0u8; header.len as usize];
+        let (got, t) = self.read_full(&mut body, &mut fds)?;
+        truncated |= t;
+        if got < body.len() {
+            return Err(TransportError::Truncated {
+                got,
+                want: body.len(),
+            });
+        }
+        if truncated {
+            return Err(TransportError::ControlTruncated);
+        }
+        if fds.len() != header.fds as usize {
+            return Err(TransportError::FdMismatch {
+                declared: header.fds,
+                received: fds.len(),
+            });
+        }
+        Ok(Received { body, fds })
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{decode_request, Request};
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Channel, Channel) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Channel::new(a), Channel::new(b))
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[test]
+    fn message_with_fds() {
+        let (a, b) = pair();
+        let f1 = std::fs::File::open("/dev/null").unwrap();
+        let f2 = std::fs::File::open("/dev/null").unwrap();
+        a.send(&Request::Release, &[f1.as_fd(), f2.as_fd()]).unwrap();
+        let got = b.recv().unwrap();
+        assert_eq!(decode_request(&got.body).unwrap(), Request::Release);
+        assert_eq!(got.fds.len(), 2);
+    }
+
+    #[test]
+    fn fd_mismatch_is_refused_and_closed_and_stream_stays_in_step() {
+        let (a, b) = pair();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let before = open_fds();
+        // Declares 2, carries 1.
+        a.send_raw(br#"{"op":"release"}"#, 2, &[f.as_fd()]).unwrap();
+        // Declares 1, carries 0.
+        a.send_raw(br#"{"op":"release"}"#, 1, &[]).unwrap();
+        a.send(&Request::Release, &[]).unwrap();
+        let e = b.recv().unwrap_err();
+        assert!(matches!(e, TransportError::FdMismatch { declared: 2, received: 1 }));
+        assert!(e.stream_in_step());
+        assert!(matches!(
+            b.recv().unwrap_err(),
+            TransportError::FdMismatch { declared: 1, received: 0 }
+        ));
+        assert!(b.recv().is_ok());
+        assert_eq!(open_fds(), before, "refused fds must be closed");
+    }
+
+    #[test]
+    fn oversize_and_eof() {
+        let (a, b) = pair();
+        (&a.stream)
+            .write_all(&FrameHeader { len: 1 << 20, fds: 0 }.encode())
+            .unwrap();
+        assert!(matches!(
+            b.recv().unwrap_err(),
+            TransportError::Frame(FrameError::TooLong { .. })
+        ));
+        let (a, b) = pair();
+        (&a.stream).write_all(&[1, 0, 0]).unwrap();
+        drop(a);
+        assert!(matches!(b.recv().unwrap_err(), TransportError::Truncated { .. }));
+        let (a, b) = pair();
+        drop(a);
+        assert!(matches!(b.recv().unwrap_err(), TransportError::Closed));
+    }
+}
