@@ -83,12 +83,30 @@ mod tests {
 
     #[test]
     fn limits() {
-        let too_long = FrameHeader { len: MAX_MESSAGE_LEN as u32 + 1, fds: 0 }.encode();
-        assert!(matches!(FrameHeader::decode(too_long), Err(FrameError::TooLong { .. })));
-        let at_limit = FrameHeader { len: MAX_MESSAGE_LEN as u32, fds: MAX_FDS as u32 }.encode();
+        let too_long = FrameHeader {
+            len: MAX_MESSAGE_LEN as u32 + 1,
+            fds: 0,
+        }
+        .encode();
+        assert!(matches!(
+            FrameHeader::decode(too_long),
+            Err(FrameError::TooLong { .. })
+        ));
+        let at_limit = FrameHeader {
+            len: MAX_MESSAGE_LEN as u32,
+            fds: MAX_FDS as u32,
+        }
+        .encode();
         assert!(FrameHeader::decode(at_limit).is_ok());
-        let fds = FrameHeader { len: 1, fds: MAX_FDS as u32 + 1 }.encode();
-        assert_eq!(FrameHeader::decode(fds), Err(FrameError::TooManyFds { fds: 65 }));
+        let fds = FrameHeader {
+            len: 1,
+            fds: MAX_FDS as u32 + 1,
+        }
+        .encode();
+        assert_eq!(
+            FrameHeader::decode(fds),
+            Err(FrameError::TooManyFds { fds: 65 })
+        );
         assert_eq!(FrameHeader::decode([0; 8]), Err(FrameError::Empty));
     }
 }

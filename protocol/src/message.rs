@@ -437,8 +437,14 @@ mod tests {
             mode: XdpMode::Auto,
             copy: CopyMode::Auto,
         };
-        assert_eq!(mk(0, 0, "a").validate().unwrap_err().code, ErrorCode::QueueOutOfRange);
-        assert_eq!(mk(65, 0, "a").validate().unwrap_err().code, ErrorCode::QueueOutOfRange);
+        assert_eq!(
+            mk(0, 0, "a").validate().unwrap_err().code,
+            ErrorCode::QueueOutOfRange
+        );
+        assert_eq!(
+            mk(65, 0, "a").validate().unwrap_err().code,
+            ErrorCode::QueueOutOfRange
+        );
         assert!(mk(64, 0, "a").validate().is_ok());
         assert_eq!(
             mk(2, u32::MAX, "a").validate().unwrap_err().code,
@@ -462,12 +468,15 @@ mod tests {
             mode: AttachMode::Native,
             program_id: 42,
             copy: CopyMode::Copy,
-            sockets: vec![SocketInfo { queue_id: 0, ifindex: 7 }],
+            sockets: vec![SocketInfo {
+                queue_id: 0,
+                ifindex: 7,
+            }],
         });
         let body = encode_body(&opened).unwrap();
         assert_eq!(decode_response(&body).unwrap(), opened);
-        let err = decode_response(br#"{"op":"error","code":"from_the_future","message":"m"}"#)
-            .unwrap();
+        let err =
+            decode_response(br#"{"op":"error","code":"from_the_future","message":"m"}"#).unwrap();
         assert_eq!(
             err,
             Response::Error(ErrorReply::new(ErrorCode::Unknown, "m"))

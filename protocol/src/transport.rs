@@ -1,12 +1,11 @@
 //! Framed messages with fds over a Unix stream socket.
 
-use std::io::{self, IoSliceMut, Write};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-use sendfd::SendWithFd;
+use nix::sys::socket::{recvmsg, send, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use thiserror::Error;
 
 use crate::frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS};
@@ -120,19 +119,32 @@ impl Channel {
         }
         .encode();
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-        frame.extend_from_slice(&header);
-        frame.extend_from_slice(body);
+        let iov = [IoSlice::new(&header), IoSlice::new(body)];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+        // MSG_NOSIGNAL: a C host embedding the client may not ignore SIGPIPE.
         let sent = loop {
-            match self.stream.send_with_fd(&frame, &raw) {
+            match sendmsg::<()>(
+                self.stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         };
         // The fds went with the first bytes; the rest is plain data.
-        if sent < frame.len() {
-            (&self.stream).write_all(&frame[sent..])?;
+        let mut rest_at = sent;
+        for part in [&header[..], body] {
+            if rest_at >= part.len() {
+                rest_at -= part.len();
+                continue;
+            }
+            write_all_nosignal(&self.stream, &part[rest_at..])?;
+            rest_at = 0;
         }
         Ok(())
     }
@@ -223,6 +235,19 @@ impl Channel {
     }
 }
 
+/// `write_all` with `MSG_NOSIGNAL`.
+fn write_all_nosignal(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
@@ -249,7 +274,8 @@ mod tests {
         let (a, b) = pair();
         let f1 = std::fs::File::open("/dev/null").unwrap();
         let f2 = std::fs::File::open("/dev/null").unwrap();
-        a.send(&Request::Release, &[f1.as_fd(), f2.as_fd()]).unwrap();
+        a.send(&Request::Release, &[f1.as_fd(), f2.as_fd()])
+            .unwrap();
         let got = b.recv().unwrap();
         assert_eq!(decode_request(&got.body).unwrap(), Request::Release);
         assert_eq!(got.fds.len(), 2);
@@ -266,11 +292,20 @@ mod tests {
         a.send_raw(br#"{"op":"release"}"#, 1, &[]).unwrap();
         a.send(&Request::Release, &[]).unwrap();
         let e = b.recv().unwrap_err();
-        assert!(matches!(e, TransportError::FdMismatch { declared: 2, received: 1 }));
+        assert!(matches!(
+            e,
+            TransportError::FdMismatch {
+                declared: 2,
+                received: 1
+            }
+        ));
         assert!(e.stream_in_step());
         assert!(matches!(
             b.recv().unwrap_err(),
-            TransportError::FdMismatch { declared: 1, received: 0 }
+            TransportError::FdMismatch {
+                declared: 1,
+                received: 0
+            }
         ));
         assert!(b.recv().is_ok());
         assert_eq!(open_fds(), before, "refused fds must be closed");
@@ -279,17 +314,26 @@ mod tests {
     #[test]
     fn oversize_and_eof() {
         let (a, b) = pair();
-        (&a.stream)
-            .write_all(&FrameHeader { len: 1 << 20, fds: 0 }.encode())
-            .unwrap();
+        write_all_nosignal(
+            &a.stream,
+            &FrameHeader {
+                len: 1 << 20,
+                fds: 0,
+            }
+            .encode(),
+        )
+        .unwrap();
         assert!(matches!(
             b.recv().unwrap_err(),
             TransportError::Frame(FrameError::TooLong { .. })
         ));
         let (a, b) = pair();
-        (&a.stream).write_all(&[1, 0, 0]).unwrap();
+        write_all_nosignal(&a.stream, &[1, 0, 0]).unwrap();
         drop(a);
-        assert!(matches!(b.recv().unwrap_err(), TransportError::Truncated { .. }));
+        assert!(matches!(
+            b.recv().unwrap_err(),
+            TransportError::Truncated { .. }
+        ));
         let (a, b) = pair();
         drop(a);
         assert!(matches!(b.recv().unwrap_err(), TransportError::Closed));
