@@ -87,6 +87,18 @@ pub struct OpenRequest {
 }
 
 impl OpenRequest {
+    /// A request for `queues` queues of `ifname` from queue 0, in auto mode
+    /// with no copy preference.
+    pub fn new(ifname: impl Into<String>, queues: u32) -> Self {
+        OpenRequest {
+            ifname: ifname.into(),
+            queues,
+            start_queue: 0,
+            mode: XdpMode::Auto,
+            copy: CopyMode::Auto,
+        }
+    }
+
     /// Check the values a peer cannot be trusted with. The broker still checks
     /// the queue range against the device.
     pub fn validate(&self) -> Result<(), ErrorReply> {

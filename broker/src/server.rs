@@ -1,0 +1,209 @@
+//! The control socket: one thread per connection, so a slow or silent client
+//! never holds up another. A connection's lease ends with the connection.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tracing::{debug, info, warn};
+use xsk_broker_protocol::{
+    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, Request, Response, TransportError,
+    PROTOCOL_VERSION,
+};
+
+use crate::state::{Broker, Lease, Peer};
+
+/// Accept connections forever.
+pub fn serve(listener: UnixListener, broker: Arc<Broker>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and friends: log, back off briefly, keep serving.
+                warn!("accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        let broker = Arc::clone(&broker);
+        let spawned = std::thread::Builder::new()
+            .name("xsk-conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || Connection::new(stream, broker).run());
+        if let Err(e) = spawned {
+            warn!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+struct Connection {
+    chan: Channel,
+    broker: Arc<Broker>,
+    peer: Peer,
+    greeted: bool,
+    lease: Option<Lease>,
+}
+
+impl Connection {
+    fn new(stream: UnixStream, broker: Arc<Broker>) -> Self {
+        let peer = match getsockopt(&stream.as_fd(), PeerCredentials) {
+            Ok(c) => Peer {
+                pid: c.pid(),
+                uid: c.uid(),
+                gid: c.gid(),
+            },
+            Err(_) => Peer {
+                pid: -1,
+                uid: u32::MAX,
+                gid: u32::MAX,
+            },
+        };
+        Connection {
+            chan: Channel::new(stream),
+            broker,
+            peer,
+            greeted: false,
+            lease: None,
+        }
+    }
+
+    fn run(mut self) {
+        let p = self.peer;
+        debug!(pid = p.pid, uid = p.uid, gid = p.gid, "connection opened");
+        loop {
+            let received = match self.chan.recv() {
+                Ok(r) => r,
+                Err(TransportError::Closed) => break,
+                Err(e) if e.stream_in_step() => {
+                    self.reply_error(ErrorReply::new(ErrorCode::BadRequest, e.to_string()));
+                    continue;
+                }
+                Err(e) => {
+                    // The framing cannot be trusted any more: answer, then close.
+                    debug!(pid = p.pid, "dropping connection: {e}");
+                    self.reply_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        format!("{e}; closing the connection"),
+                    ));
+                    break;
+                }
+            };
+            if !received.fds.is_empty() {
+                let n = received.fds.len();
+                drop(received.fds);
+                self.reply_error(ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    format!("the broker accepts no file descriptors; the {n} sent were closed"),
+                ));
+                continue;
+            }
+            let request = match decode_request(&received.body) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.reply_error(e.into());
+                    continue;
+                }
+            };
+            if !self.handle(request) {
+                break;
+            }
+        }
+        self.end_lease("connection closed");
+        debug!(pid = p.pid, "connection closed");
+    }
+
+    /// Handle one request; false ends the connection.
+    fn handle(&mut self, request: Request) -> bool {
+        match request {
+            Request::Hello(h) => {
+                if h.version != PROTOCOL_VERSION {
+                    self.reply_error(ErrorReply::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "client speaks protocol version {}, this broker speaks {PROTOCOL_VERSION}",
+                            h.version
+                        ),
+                    ));
+                    return true;
+                }
+                self.greeted = true;
+                self.send(
+                    &Response::Hello(HelloReply {
+                        version: PROTOCOL_VERSION,
+                        server: format!("xsk-brokerd/{}", env!("CARGO_PKG_VERSION")),
+                    }),
+                    &[],
+                )
+            }
+            _ if !self.greeted => {
+                self.reply_error(ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    "the first message must be hello",
+                ));
+                true
+            }
+            Request::Open(req) => {
+                if let Some(lease) = &self.lease {
+                    self.reply_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "this connection already holds a lease on {}; release it or open \
+                             another connection",
+                            lease.describe()
+                        ),
+                    ));
+                    return true;
+                }
+                let p = self.peer;
+                match self.broker.open(&req, p) {
+                    Ok((lease, opened)) => {
+                        info!(
+                            pid = p.pid, uid = p.uid, gid = p.gid, ifname = %opened.ifname,
+                            queues = ?lease.queues(), mode = %opened.mode,
+                            program_id = opened.program_id, "granted"
+                        );
+                        let fds = lease.fds();
+                        let sent = self.send(&Response::Opened(opened), &fds);
+                        drop(fds);
+                        self.lease = Some(lease);
+                        sent
+                    }
+                    Err(e) => {
+                        info!(pid = p.pid, uid = p.uid, ifname = %req.ifname, code = %e.code, "refused: {}", e.message);
+                        self.reply_error(e);
+                        true
+                    }
+                }
+            }
+            Request::Release => {
+                let queues = self.lease.as_ref().map(|l| l.queues()).unwrap_or_default();
+                self.end_lease("released by the client");
+                self.send(&Response::Released { queues }, &[])
+            }
+        }
+    }
+
+    fn end_lease(&mut self, why: &str) {
+        if let Some(lease) = self.lease.take() {
+            let p = self.peer;
+            info!(pid = p.pid, uid = p.uid, gid = p.gid, lease = %lease.describe(), "released: {why}");
+            self.broker.release(lease);
+        }
+    }
+
+    fn send(&self, msg: &Response, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+        match self.chan.send(msg, fds) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(pid = self.peer.pid, "cannot answer the client: {e}");
+                false
+            }
+        }
+    }
+
+    fn reply_error(&self, e: ErrorReply) {
+        self.send(&Response::Error(e), &[]);
+    }
+}

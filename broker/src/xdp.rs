@@ -1,0 +1,390 @@
+//! The kernel-facing half of the broker: libxdp's default XSK program, the
+//! XSKMAP, AF_XDP socket creation and device queue counts.
+//!
+//! All of the broker's `unsafe` lives here, behind [`XskProgram`] (RAII over
+//! libxdp's `struct xdp_program`) and functions returning [`OwnedFd`].
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use libxdp_sys as sys;
+use thiserror::Error;
+use xsk_broker_protocol::AttachMode;
+
+/// `XDP_FLAGS_SKB_MODE` from linux/if_link.h.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+/// `XDP_FLAGS_DRV_MODE` from linux/if_link.h.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// Name of libxdp's embedded default AF_XDP program object.
+const XSK_PROG_FILE: &CStr = c"xsk_def_xdp_prog.o";
+/// Name of the XSKMAP inside it.
+const XSK_MAP_NAME: &CStr = c"xsks_map";
+
+/// A failed kernel or libxdp operation.
+#[derive(Debug, Error)]
+#[error("{op} on {ifname}: {source}")]
+pub struct XdpError {
+    /// What was being done.
+    pub op: &'static str,
+    /// Interface concerned.
+    pub ifname: String,
+    /// The errno.
+    #[source]
+    pub source: io::Error,
+}
+
+impl XdpError {
+    fn new(op: &'static str, ifname: &str, errno: i32) -> Self {
+        XdpError {
+            op,
+            ifname: ifname.to_owned(),
+            source: io::Error::from_raw_os_error(errno.abs()),
+        }
+    }
+}
+
+/// libxdp's default XSK program, loaded and attached to one interface.
+///
+/// Dropping it closes libxdp's handle but leaves the program attached; call
+/// [`XskProgram::detach`] to remove it from the interface.
+pub struct XskProgram {
+    prog: NonNull<sys::xdp_program>,
+    ifindex: u32,
+    ifname: String,
+    mode: AttachMode,
+    map_fd: BorrowedFdOwnedByProg,
+}
+
+/// The XSKMAP fd, owned by libxdp's bpf_object inside the program handle.
+struct BorrowedFdOwnedByProg(c_int);
+
+// SAFETY: an xdp_program handle is only ever used under the broker's state
+// lock; libxdp keeps no thread-local state tied to it.
+unsafe impl Send for XskProgram {}
+
+impl XskProgram {
+    /// Load the default XSK program with an XSKMAP of `map_entries` entries and
+    /// attach it to `ifindex` in `mode`.
+    pub fn attach(
+        ifname: &str,
+        ifindex: u32,
+        mode: AttachMode,
+        map_entries: u32,
+    ) -> Result<Self, XdpError> {
+        // SAFETY: valid NUL-terminated file name; NULL section and opts are
+        // allowed. The result is a pointer or an encoded error.
+        let raw = unsafe {
+            sys::xdp_program__find_file(
+                XSK_PROG_FILE.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: libxdp_get_error accepts any pointer returned by libxdp.
+        let err = unsafe { sys::libxdp_get_error(raw as *const _) };
+        let prog = match NonNull::new(raw) {
+            Some(p) if err == 0 => p,
+            _ => {
+                return Err(XdpError::new(
+                    "load libxdp's default XSK program",
+                    ifname,
+                    if err != 0 { err as i32 } else { libc::ENOENT },
+                ))
+            }
+        };
+        // From here on, `guard` closes the handle on every error path.
+        let guard = ProgGuard(prog);
+        // SAFETY: prog is a valid, not yet loaded program; the map pointer is
+        // checked for NULL before use.
+        let rc = unsafe {
+            let obj = sys::xdp_program__bpf_obj(prog.as_ptr());
+            let map = sys::bpf_object__find_map_by_name(obj, XSK_MAP_NAME.as_ptr());
+            if map.is_null() {
+                -libc::ENOENT
+            } else {
+                sys::bpf_map__set_max_entries(map, map_entries.max(1))
+            }
+        };
+        if rc != 0 {
+            return Err(XdpError::new("size the XSKMAP", ifname, rc));
+        }
+        let xdp_mode = match mode {
+            AttachMode::Native => sys::xdp_attach_mode_XDP_MODE_NATIVE,
+            AttachMode::Skb => sys::xdp_attach_mode_XDP_MODE_SKB,
+        };
+        // SAFETY: valid program handle; libxdp loads and attaches it.
+        let rc = unsafe { sys::xdp_program__attach(prog.as_ptr(), ifindex as c_int, xdp_mode, 0) };
+        if rc != 0 {
+            return Err(XdpError::new("attach the XDP program", ifname, rc));
+        }
+        // SAFETY: the program is loaded, so its object has a map fd; the fd
+        // stays owned by the object, which lives as long as `prog`.
+        let map_fd = unsafe {
+            sys::bpf_object__find_map_fd_by_name(
+                sys::xdp_program__bpf_obj(prog.as_ptr()),
+                XSK_MAP_NAME.as_ptr(),
+            )
+        };
+        std::mem::forget(guard);
+        let program = XskProgram {
+            prog,
+            ifindex,
+            ifname: ifname.to_owned(),
+            mode,
+            map_fd: BorrowedFdOwnedByProg(map_fd),
+        };
+        if map_fd < 0 {
+            let _ = program.detach();
+            return Err(XdpError::new("find the XSKMAP", ifname, map_fd));
+        }
+        Ok(program)
+    }
+
+    /// The mode the program is attached in.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// The id of the XDP program the kernel reports on the interface for this
+    /// mode (libxdp's dispatcher, if it used one, else the XSK program).
+    pub fn attached_id(&self) -> u32 {
+        attached_prog_id(self.ifindex, self.mode).unwrap_or(0)
+    }
+
+    /// Point `queue_id`'s XSKMAP entry at `sock`.
+    pub fn insert(&self, queue_id: u32, sock: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let value: c_int = sock.as_raw_fd();
+        // SAFETY: key and value point to live 4-byte integers matching the
+        // map's key_size and value_size.
+        let rc = unsafe {
+            sys::bpf_map_update_elem(
+                self.map_fd.0,
+                &queue_id as *const u32 as *const _,
+                &value as *const c_int as *const _,
+                sys::BPF_ANY as u64,
+            )
+        };
+        if rc != 0 {
+            return Err(XdpError::new(
+                "insert the socket into the XSKMAP",
+                &self.ifname,
+                rc,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Clear `queue_id`'s XSKMAP entry. A missing entry is not an error.
+    pub fn remove(&self, queue_id: u32) -> Result<(), XdpError> {
+        // SAFETY: key points to a live 4-byte integer.
+        let rc =
+            unsafe { sys::bpf_map_delete_elem(self.map_fd.0, &queue_id as *const u32 as *const _) };
+        if rc != 0 && rc != -libc::ENOENT {
+            return Err(XdpError::new("remove an XSKMAP entry", &self.ifname, rc));
+        }
+        Ok(())
+    }
+
+    /// Detach the program from the interface and close it.
+    pub fn detach(self) -> Result<(), XdpError> {
+        let xdp_mode = match self.mode {
+            AttachMode::Native => sys::xdp_attach_mode_XDP_MODE_NATIVE,
+            AttachMode::Skb => sys::xdp_attach_mode_XDP_MODE_SKB,
+        };
+        // SAFETY: valid, attached program handle.
+        let rc = unsafe {
+            sys::xdp_program__detach(self.prog.as_ptr(), self.ifindex as c_int, xdp_mode, 0)
+        };
+        // A vanished interface took the program with it.
+        if rc != 0 && rc != -libc::ENODEV && interface_exists(self.ifindex) {
+            return Err(XdpError::new("detach the XDP program", &self.ifname, rc));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for XskProgram {
+    fn drop(&mut self) {
+        // SAFETY: we own the handle; it is not used after this.
+        unsafe { sys::xdp_program__close(self.prog.as_ptr()) }
+    }
+}
+
+/// Closes a program handle on early return.
+struct ProgGuard(NonNull<sys::xdp_program>);
+
+impl Drop for ProgGuard {
+    fn drop(&mut self) {
+        // SAFETY: the guard owns the handle until forgotten.
+        unsafe { sys::xdp_program__close(self.0.as_ptr()) }
+    }
+}
+
+/// The id of the XDP program attached to `ifindex` in `mode`, if any.
+pub fn attached_prog_id(ifindex: u32, mode: AttachMode) -> Option<u32> {
+    let flags = match mode {
+        AttachMode::Native => XDP_FLAGS_DRV_MODE,
+        AttachMode::Skb => XDP_FLAGS_SKB_MODE,
+    };
+    let mut id: u32 = 0;
+    // SAFETY: `id` is a valid out-pointer.
+    let rc = unsafe { sys::bpf_xdp_query_id(ifindex as c_int, flags as c_int, &mut id) };
+    (rc == 0 && id != 0).then_some(id)
+}
+
+/// Any XDP program attached to `ifindex`, in either mode.
+pub fn any_attached_prog(ifindex: u32) -> Option<(AttachMode, u32)> {
+    [AttachMode::Native, AttachMode::Skb]
+        .into_iter()
+        .find_map(|m| attached_prog_id(ifindex, m).map(|id| (m, id)))
+}
+
+fn interface_exists(ifindex: u32) -> bool {
+    nix::net::if_::if_indextoname(ifindex).is_ok()
+}
+
+/// Create an unbound AF_XDP socket (needs CAP_NET_RAW).
+pub fn create_xsk_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Queue counts of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Rx queues (or combined channels) in use now: valid queue ids are below this.
+    pub current: u32,
+    /// Most the device supports (sizes the XSKMAP).
+    pub max: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// A device's rx queue counts: ethtool's channel counts, falling back to the
+/// `queues/rx-N` entries in sysfs for drivers without `get_channels`.
+pub fn queue_counts(ifname: &str) -> io::Result<QueueCounts> {
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    // SAFETY: zeroed ifreq is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = CString::new(ifname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let bytes = name.as_bytes_with_nul();
+    if bytes.len() > ifr.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as c_char;
+    }
+    ifr.ifr_ifru.ifru_data = &mut ch as *mut EthtoolChannels as *mut c_char;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live
+    // ethtool_channels struct for the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if rc == 0 {
+        let current = ch.rx_count.max(ch.combined_count);
+        let max = ch.max_rx.max(ch.max_tx).max(ch.max_combined).max(current);
+        if current > 0 {
+            return Ok(QueueCounts { current, max });
+        }
+    } else {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(err);
+        }
+    }
+    let n = sysfs_rx_queues(ifname).unwrap_or(1).max(1);
+    Ok(QueueCounts { current: n, max: n })
+}
+
+fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
+    let n = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    u32::try_from(n).ok()
+}
+
+/// Route libxdp's and libbpf's diagnostics into our log.
+pub fn route_library_logs() {
+    // SAFETY: installs a callback with the signature libxdp expects.
+    unsafe {
+        sys::libxdp_set_print(Some(libxdp_log));
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
+}
+
+extern "C" {
+    fn vsnprintf(
+        buf: *mut c_char,
+        n: usize,
+        fmt: *const c_char,
+        ap: *mut sys::__va_list_tag,
+    ) -> c_int;
+}
+
+fn format_va(fmt: *const c_char, ap: *mut sys::__va_list_tag) -> String {
+    let mut buf = [0 as c_char; 512];
+    // SAFETY: buf is writable for its length; fmt and ap come from the
+    // library's own printf-style call.
+    let n = unsafe { vsnprintf(buf.as_mut_ptr(), buf.len(), fmt, ap) };
+    if n < 0 {
+        return String::new();
+    }
+    // SAFETY: vsnprintf NUL-terminates within the buffer.
+    let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    s.to_string_lossy().trim_end().to_owned()
+}
+
+unsafe extern "C" fn libxdp_log(
+    level: sys::libxdp_print_level,
+    fmt: *const c_char,
+    ap: *mut sys::__va_list_tag,
+) -> c_int {
+    let msg = format_va(fmt, ap);
+    // No unwinding across the C caller.
+    let _ = std::panic::catch_unwind(|| match level {
+        sys::libxdp_print_level_LIBXDP_WARN => tracing::warn!(target: "libxdp", "{msg}"),
+        sys::libxdp_print_level_LIBXDP_INFO => tracing::debug!(target: "libxdp", "{msg}"),
+        _ => tracing::trace!(target: "libxdp", "{msg}"),
+    });
+    0
+}
+
+fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+        libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
+        libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
+    }
+}
