@@ -15,13 +15,12 @@ const NEEDED: &[(Capability, &str)] = &[
 /// Capabilities kept after start; everything else is dropped from every set.
 pub fn keep_set(permitted: &CapsHashSet) -> CapsHashSet {
     let mut keep: CapsHashSet = NEEDED.iter().map(|(c, _)| *c).collect();
-    // Loading programs and creating maps: CAP_BPF, or CAP_SYS_ADMIN on its own.
-    // libxdp also reads back attached programs by id (BPF_PROG_GET_FD_BY_ID),
-    // which the kernel allows only with CAP_SYS_ADMIN, so it is kept if held.
-    for c in [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN] {
-        if permitted.contains(&c) {
-            keep.insert(c);
-        }
+    // Loading the program and its map: CAP_BPF, or CAP_SYS_ADMIN on kernels
+    // or setups without CAP_BPF. CAP_SYS_ADMIN is dropped when CAP_BPF is held.
+    if permitted.contains(&Capability::CAP_BPF) {
+        keep.insert(Capability::CAP_BPF);
+    } else {
+        keep.insert(Capability::CAP_SYS_ADMIN);
     }
     keep
 }

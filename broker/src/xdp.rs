@@ -13,6 +13,10 @@ use libxdp_sys as sys;
 use thiserror::Error;
 use xsk_broker_protocol::AttachMode;
 
+/// `XDP_FLAGS_UPDATE_IF_NOEXIST` from linux/if_link.h.
+const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1 << 0;
+/// `XDP_FLAGS_REPLACE` from linux/if_link.h.
+const XDP_FLAGS_REPLACE: u32 = 1 << 4;
 /// `XDP_FLAGS_SKB_MODE` from linux/if_link.h.
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 /// `XDP_FLAGS_DRV_MODE` from linux/if_link.h.
@@ -20,6 +24,8 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 /// Name of libxdp's embedded default AF_XDP program object.
 const XSK_PROG_FILE: &CStr = c"xsk_def_xdp_prog.o";
+/// Name of the program inside it.
+const XSK_PROG_NAME: &CStr = c"xsk_def_prog";
 /// Name of the XSKMAP inside it.
 const XSK_MAP_NAME: &CStr = c"xsks_map";
 
@@ -55,11 +61,11 @@ pub struct XskProgram {
     ifindex: u32,
     ifname: String,
     mode: AttachMode,
-    map_fd: BorrowedFdOwnedByProg,
+    /// Program fd, owned by the bpf_object inside `prog`.
+    prog_fd: c_int,
+    /// XSKMAP fd, owned by the bpf_object inside `prog`.
+    map_fd: c_int,
 }
-
-/// The XSKMAP fd, owned by libxdp's bpf_object inside the program handle.
-struct BorrowedFdOwnedByProg(c_int);
 
 // SAFETY: an xdp_program handle is only ever used under the broker's state
 // lock; libxdp keeps no thread-local state tied to it.
@@ -111,36 +117,58 @@ impl XskProgram {
         if rc != 0 {
             return Err(XdpError::new("size the XSKMAP", ifname, rc));
         }
-        let xdp_mode = match mode {
-            AttachMode::Native => sys::xdp_attach_mode_XDP_MODE_NATIVE,
-            AttachMode::Skb => sys::xdp_attach_mode_XDP_MODE_SKB,
+        // Load the object ourselves and attach with the kernel's own
+        // "only if nothing is attached" flag: no libxdp dispatcher, so no
+        // CAP_SYS_ADMIN is needed and another tool's program is never replaced.
+        // SAFETY: prog is valid; the object it owns is loaded in place.
+        let rc = unsafe { sys::bpf_object__load(sys::xdp_program__bpf_obj(prog.as_ptr())) };
+        if rc != 0 {
+            return Err(XdpError::new(
+                "load the XSK program into the kernel",
+                ifname,
+                rc,
+            ));
+        }
+        // SAFETY: the object is loaded; the program and map fds it returns stay
+        // owned by the object, which lives as long as `prog`.
+        let (prog_fd, map_fd) = unsafe {
+            let obj = sys::xdp_program__bpf_obj(prog.as_ptr());
+            let bpf_prog = sys::bpf_object__find_program_by_name(obj, XSK_PROG_NAME.as_ptr());
+            let prog_fd = if bpf_prog.is_null() {
+                -libc::ENOENT
+            } else {
+                sys::bpf_program__fd(bpf_prog)
+            };
+            (
+                prog_fd,
+                sys::bpf_object__find_map_fd_by_name(obj, XSK_MAP_NAME.as_ptr()),
+            )
         };
-        // SAFETY: valid program handle; libxdp loads and attaches it.
-        let rc = unsafe { sys::xdp_program__attach(prog.as_ptr(), ifindex as c_int, xdp_mode, 0) };
+        if prog_fd < 0 {
+            return Err(XdpError::new(
+                "find the loaded XSK program",
+                ifname,
+                prog_fd,
+            ));
+        }
+        if map_fd < 0 {
+            return Err(XdpError::new("find the XSKMAP", ifname, map_fd));
+        }
+        let flags = XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(mode);
+        // SAFETY: plain netlink attach of a valid program fd; NULL opts allowed.
+        let rc = unsafe { sys::bpf_xdp_attach(ifindex as c_int, prog_fd, flags, std::ptr::null()) };
         if rc != 0 {
             return Err(XdpError::new("attach the XDP program", ifname, rc));
         }
-        // SAFETY: the program is loaded, so its object has a map fd; the fd
-        // stays owned by the object, which lives as long as `prog`.
-        let map_fd = unsafe {
-            sys::bpf_object__find_map_fd_by_name(
-                sys::xdp_program__bpf_obj(prog.as_ptr()),
-                XSK_MAP_NAME.as_ptr(),
-            )
-        };
         std::mem::forget(guard);
-        let program = XskProgram {
+        Ok(XskProgram {
             prog,
             ifindex,
             ifname: ifname.to_owned(),
             mode,
-            map_fd: BorrowedFdOwnedByProg(map_fd),
-        };
-        if map_fd < 0 {
-            let _ = program.detach();
-            return Err(XdpError::new("find the XSKMAP", ifname, map_fd));
-        }
-        Ok(program)
+            prog_fd,
+            map_fd,
+        })
     }
 
     /// The mode the program is attached in.
@@ -161,7 +189,7 @@ impl XskProgram {
         // map's key_size and value_size.
         let rc = unsafe {
             sys::bpf_map_update_elem(
-                self.map_fd.0,
+                self.map_fd,
                 &queue_id as *const u32 as *const _,
                 &value as *const c_int as *const _,
                 sys::BPF_ANY as u64,
@@ -181,22 +209,31 @@ impl XskProgram {
     pub fn remove(&self, queue_id: u32) -> Result<(), XdpError> {
         // SAFETY: key points to a live 4-byte integer.
         let rc =
-            unsafe { sys::bpf_map_delete_elem(self.map_fd.0, &queue_id as *const u32 as *const _) };
+            unsafe { sys::bpf_map_delete_elem(self.map_fd, &queue_id as *const u32 as *const _) };
         if rc != 0 && rc != -libc::ENOENT {
             return Err(XdpError::new("remove an XSKMAP entry", &self.ifname, rc));
         }
         Ok(())
     }
 
-    /// Detach the program from the interface and close it.
+    /// Detach the program from the interface and close it. Only our own
+    /// program is removed (`XDP_FLAGS_REPLACE` with its fd): if someone
+    /// replaced it meanwhile, theirs stays.
     pub fn detach(self) -> Result<(), XdpError> {
-        let xdp_mode = match self.mode {
-            AttachMode::Native => sys::xdp_attach_mode_XDP_MODE_NATIVE,
-            AttachMode::Skb => sys::xdp_attach_mode_XDP_MODE_SKB,
+        let opts = XdpAttachOpts {
+            sz: std::mem::size_of::<XdpAttachOpts>(),
+            old_prog_fd: self.prog_fd,
+            pad: 0,
         };
-        // SAFETY: valid, attached program handle.
+        let flags = XDP_FLAGS_REPLACE | mode_flags(self.mode);
+        // SAFETY: XdpAttachOpts has the layout of bpf_xdp_attach_opts (checked
+        // at compile time below) and lives across the call.
         let rc = unsafe {
-            sys::xdp_program__detach(self.prog.as_ptr(), self.ifindex as c_int, xdp_mode, 0)
+            sys::bpf_xdp_detach(
+                self.ifindex as c_int,
+                flags,
+                &opts as *const XdpAttachOpts as *const sys::bpf_xdp_attach_opts,
+            )
         };
         // A vanished interface took the program with it.
         if rc != 0 && rc != -libc::ENODEV && interface_exists(self.ifindex) {
@@ -213,6 +250,19 @@ impl Drop for XskProgram {
     }
 }
 
+/// `struct bpf_xdp_attach_opts` with its tail padding as a named field, so it
+/// is zero as libbpf requires (Rust leaves padding bytes undefined).
+#[repr(C)]
+struct XdpAttachOpts {
+    sz: usize,
+    old_prog_fd: c_int,
+    pad: c_int,
+}
+
+const _: () = assert!(
+    std::mem::size_of::<XdpAttachOpts>() == std::mem::size_of::<sys::bpf_xdp_attach_opts>()
+);
+
 /// Closes a program handle on early return.
 struct ProgGuard(NonNull<sys::xdp_program>);
 
@@ -223,15 +273,18 @@ impl Drop for ProgGuard {
     }
 }
 
-/// The id of the XDP program attached to `ifindex` in `mode`, if any.
-pub fn attached_prog_id(ifindex: u32, mode: AttachMode) -> Option<u32> {
-    let flags = match mode {
+fn mode_flags(mode: AttachMode) -> u32 {
+    match mode {
         AttachMode::Native => XDP_FLAGS_DRV_MODE,
         AttachMode::Skb => XDP_FLAGS_SKB_MODE,
-    };
+    }
+}
+
+/// The id of the XDP program attached to `ifindex` in `mode`, if any.
+pub fn attached_prog_id(ifindex: u32, mode: AttachMode) -> Option<u32> {
     let mut id: u32 = 0;
     // SAFETY: `id` is a valid out-pointer.
-    let rc = unsafe { sys::bpf_xdp_query_id(ifindex as c_int, flags as c_int, &mut id) };
+    let rc = unsafe { sys::bpf_xdp_query_id(ifindex as c_int, mode_flags(mode) as c_int, &mut id) };
     (rc == 0 && id != 0).then_some(id)
 }
 
