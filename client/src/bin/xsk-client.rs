@@ -1,1 +1,527 @@
-fn main() {}
+//! `xsk-client`: lease AF_XDP sockets from xsk-brokerd and move packets,
+//! with no capabilities.
+//!
+//! * `rx`   receive frames (and print them with `--print-frames`)
+//! * `tx`   transmit frames given as hex lines on standard input
+//! * `echo` send every received frame back with MAC, IPv4 and UDP/TCP port
+//!   addresses swapped
+//!
+//! Each prints a `ready` line once its sockets are bound and a `done` summary
+//! at the end; `--json` makes every line a JSON object for tools.
+
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::json;
+use xsk_client::{
+    BrokerClient, CopyMode, Lease, OpenRequest, PrivilegeReport, SocketConfig, XdpMode, XskSocket,
+};
+
+/// Lease AF_XDP sockets from xsk-brokerd and move packets without capabilities.
+#[derive(Parser, Debug)]
+#[command(name = "xsk-client", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Receive frames on the leased queues.
+    Rx {
+        #[command(flatten)]
+        common: Common,
+        /// Print every frame (queue, length, bytes in hex).
+        #[arg(long)]
+        print_frames: bool,
+    },
+    /// Transmit frames read from standard input, one hex-encoded frame per line.
+    Tx {
+        #[command(flatten)]
+        common: Common,
+        /// Queue index (0-based within the lease) to send on; default spreads
+        /// frames over all leased queues in turn.
+        #[arg(long)]
+        on_queue: Option<usize>,
+    },
+    /// Send every received frame back with addresses swapped.
+    Echo {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CopyArg {
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// The broker's control socket.
+    #[arg(long, default_value = "/run/xsk-broker/broker.sock")]
+    socket: PathBuf,
+    /// Interface, as the broker sees it.
+    #[arg(long)]
+    ifname: String,
+    /// Number of queues.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// First queue id.
+    #[arg(long, default_value_t = 0)]
+    start_queue: u32,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
+    /// Copy or zero-copy.
+    #[arg(long, value_enum, default_value_t = CopyArg::Auto)]
+    copy: CopyArg,
+    /// Umem frames per queue (each frame-size bytes, charged to the user's
+    /// RLIMIT_MEMLOCK); the rings are sized to a quarter of it each.
+    /// Default 2048 (4 MiB).
+    #[arg(long)]
+    frames: Option<u32>,
+    /// Size of each umem frame: 2048 or 4096.
+    #[arg(long)]
+    frame_size: Option<u32>,
+    /// Size of each of the four rings (overrides the size derived from --frames).
+    #[arg(long)]
+    ring_size: Option<u32>,
+    /// Frames handled per batch.
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Stop after this many frames received (rx, echo).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Stop after this many seconds without traffic (once some has been seen).
+    #[arg(long)]
+    idle_exit: Option<f64>,
+    /// Refuse to run if the process holds any capability or can create
+    /// AF_XDP sockets itself (for sandboxes that must prove it).
+    #[arg(long)]
+    require_unprivileged: bool,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Common {
+    fn request(&self) -> OpenRequest {
+        OpenRequest {
+            ifname: self.ifname.clone(),
+            queues: self.queues,
+            start_queue: self.start_queue,
+            mode: match self.mode {
+                ModeArg::Auto => XdpMode::Auto,
+                ModeArg::Native => XdpMode::Native,
+                ModeArg::Skb => XdpMode::Skb,
+            },
+            copy: match self.copy {
+                CopyArg::Auto => CopyMode::Auto,
+                CopyArg::Copy => CopyMode::Copy,
+                CopyArg::ZeroCopy => CopyMode::ZeroCopy,
+            },
+        }
+    }
+
+    fn config(&self) -> SocketConfig {
+        let mut c = match self.frames {
+            Some(f) => SocketConfig::with_frame_count(f),
+            None => SocketConfig::default(),
+        };
+        if let Some(s) = self.frame_size {
+            c.umem.frame_size = s;
+        }
+        if let Some(r) = self.ring_size {
+            c.umem.fill_size = r;
+            c.umem.comp_size = r;
+            c.rx_size = r;
+            c.tx_size = r;
+        }
+        if let Some(b) = self.batch {
+            c.batch_size = b;
+        }
+        c
+    }
+}
+
+/// Prints events as text or JSON lines.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn event(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
+        let line = if self.json { value.to_string() } else { text() };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+}
+
+struct Session {
+    lease: Lease,
+    sockets: Vec<XskSocket>,
+    out: Out,
+    started: Instant,
+}
+
+fn start(common: &Common) -> Result<Session> {
+    let out = Out { json: common.json };
+    let privileges = PrivilegeReport::current().context("reading this process's credentials")?;
+    if common.require_unprivileged && !privileges.is_unprivileged() {
+        bail!(
+            "--require-unprivileged: this process has CapEff {:016x} and socket(AF_XDP) {}",
+            privileges.cap_eff,
+            privileges
+                .af_xdp_socket_error
+                .as_deref()
+                .unwrap_or("succeeded")
+        );
+    }
+    let config = common.config();
+    config.validate().context("invalid socket settings")?;
+    let broker = BrokerClient::connect(&common.socket)
+        .with_context(|| format!("connecting to the broker at {}", common.socket.display()))?;
+    let mut lease = broker
+        .open(common.request())
+        .with_context(|| format!("leasing {} queue(s) of {}", common.queues, common.ifname))?;
+    let sockets = lease
+        .adopt_all(&config)
+        .context("setting up the leased sockets")?;
+    let info = lease.info().clone();
+    let queues: Vec<u32> = sockets.iter().map(|s| s.queue_id()).collect();
+    out.event(
+        json!({
+            "event": "ready",
+            "ifname": info.ifname,
+            "ifindex": info.ifindex,
+            "mode": info.mode,
+            "program_id": info.program_id,
+            "copy": info.copy,
+            "queues": queues,
+            "pid": std::process::id(),
+            "privileges": privileges,
+        }),
+        || {
+            format!(
+                "ready: {} (ifindex {}) queues {:?}, XDP {} mode, program id {}; \
+                 running as uid {} with CapEff {:016x}, own socket(AF_XDP): {}",
+                info.ifname,
+                info.ifindex,
+                queues,
+                info.mode,
+                info.program_id,
+                privileges.uid,
+                privileges.cap_eff,
+                privileges
+                    .af_xdp_socket_error
+                    .as_deref()
+                    .unwrap_or("allowed")
+            )
+        },
+    );
+    Ok(Session {
+        lease,
+        sockets,
+        out,
+        started: Instant::now(),
+    })
+}
+
+/// Swap Ethernet source/destination, and IPv4 addresses and UDP/TCP ports
+/// when present. Checksums stay valid: every swap keeps the summed words.
+fn reflect(frame: &mut [u8]) {
+    if frame.len() < 14 {
+        return;
+    }
+    for i in 0..6 {
+        frame.swap(i, i + 6);
+    }
+    if frame[12..14] != [0x08, 0x00] || frame.len() < 34 {
+        return;
+    }
+    for i in 26..30 {
+        frame.swap(i, i + 4);
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    let proto = frame[23];
+    if ihl >= 20 && (proto == 17 || proto == 6) && frame.len() >= l4 + 4 {
+        frame.swap(l4, l4 + 2);
+        frame.swap(l4 + 1, l4 + 3);
+    }
+}
+
+fn parse_hex(line: &str) -> Result<Vec<u8>> {
+    let s: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() % 2 != 0 {
+        bail!("odd number of hex digits");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("bad hex at {i}")))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Wait until any socket is readable, up to `timeout`.
+fn wait_any(sockets: &[XskSocket], timeout: Duration) -> Result<()> {
+    let mut fds: Vec<PollFd<'_>> = sockets
+        .iter()
+        .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+        .collect();
+    let ms = PollTimeout::from(timeout.as_millis().min(60_000) as u16);
+    match poll(&mut fds, ms) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e).context("poll on the AF_XDP sockets"),
+    }
+}
+
+/// Loop control shared by rx and echo.
+struct Limits {
+    count: Option<u64>,
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+}
+
+impl Limits {
+    fn new(c: &Common) -> Self {
+        Limits {
+            count: c.count,
+            deadline: c
+                .duration
+                .map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0))),
+            idle: c.idle_exit.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        }
+    }
+}
+
+fn run_loop(
+    s: &mut Session,
+    limits: &Limits,
+    stop: &AtomicBool,
+    mut step: impl FnMut(usize, &mut XskSocket) -> Result<usize>,
+) -> Result<u64> {
+    let mut total: u64 = 0;
+    let mut last_traffic: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut did = 0;
+        for (i, sock) in s.sockets.iter_mut().enumerate() {
+            did += step(i, sock)?;
+        }
+        total += did as u64;
+        let now = Instant::now();
+        if did > 0 {
+            last_traffic = Some(now);
+        }
+        if limits.count.is_some_and(|c| total >= c) || limits.deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        if let (Some(idle), Some(last)) = (limits.idle, last_traffic) {
+            if now - last >= idle {
+                break;
+            }
+        }
+        if did == 0 {
+            wait_any(&s.sockets, Duration::from_millis(50))?;
+        }
+    }
+    Ok(total)
+}
+
+/// Reclaim outstanding transmissions for up to a second.
+fn drain_tx(sockets: &mut [XskSocket]) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(1);
+    while sockets.iter().any(|s| s.outstanding_tx() > 0) && Instant::now() < until {
+        for s in sockets.iter_mut() {
+            s.flush_tx()?;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+fn finish(s: &mut Session, what: &str) -> Result<()> {
+    let elapsed = s.started.elapsed().as_secs_f64();
+    let mut per_queue = Vec::new();
+    let (mut rx, mut tx) = (0u64, 0u64);
+    for sock in &s.sockets {
+        let c = sock.counters();
+        rx += c.rx_packets;
+        tx += c.tx_packets;
+        let stats = sock
+            .statistics()
+            .with_context(|| format!("XDP_STATISTICS of queue {}", sock.queue_id()))?;
+        per_queue
+            .push(json!({"queue_id": sock.queue_id(), "counters": c, "xdp_statistics": stats}));
+    }
+    let info = s.lease.info();
+    s.out.event(
+        json!({
+            "event": "done", "command": what, "rx_packets": rx, "tx_packets": tx,
+            "seconds": elapsed, "mode": info.mode, "ifname": info.ifname, "queues": per_queue,
+        }),
+        || {
+            let mut t = format!(
+                "done: {what} on {} ({} mode): {rx} packets in, {tx} packets out in {elapsed:.1} s",
+                info.ifname, info.mode
+            );
+            for q in &per_queue {
+                t.push_str(&format!(
+                    "\n  queue {}: {} in, {} out",
+                    q["queue_id"], q["counters"]["rx_packets"], q["counters"]["tx_packets"]
+                ));
+            }
+            t
+        },
+    );
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("xsk-client: cannot handle signal {sig}: {e}");
+            std::process::exit(1);
+        }
+    }
+    if let Err(e) = run(cli, &stop) {
+        eprintln!("xsk-client: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
+    match cli.cmd {
+        Cmd::Rx {
+            common,
+            print_frames,
+        } => {
+            let mut s = start(&common)?;
+            let limits = Limits::new(&common);
+            let json = common.json;
+            let batch = common.config().batch_size as usize;
+            let mut left = common.count.unwrap_or(u64::MAX);
+            run_loop(&mut s, &limits, stop, |_, sock| {
+                let q = sock.queue_id();
+                let max = batch
+                    .min(usize::try_from(left).unwrap_or(usize::MAX))
+                    .max(1);
+                let n = sock.receive(max, |frame| {
+                    if print_frames {
+                        let line = if json {
+                            json!({"event": "frame", "queue_id": q, "len": frame.len(), "hex": hex(frame)})
+                                .to_string()
+                        } else {
+                            format!("queue {q} len {}: {}", frame.len(), hex(frame))
+                        };
+                        println!("{line}");
+                    }
+                });
+                left = left.saturating_sub(n as u64);
+                Ok(n)
+            })?;
+            finish(&mut s, "rx")
+        }
+        Cmd::Echo { common } => {
+            let mut s = start(&common)?;
+            let limits = Limits::new(&common);
+            let batch = common.config().batch_size as usize;
+            run_loop(&mut s, &limits, stop, |_, sock| {
+                let (n, _) = sock.forward(batch, |f| {
+                    reflect(f);
+                    true
+                })?;
+                Ok(n)
+            })?;
+            drain_tx(&mut s.sockets)?;
+            finish(&mut s, "echo")
+        }
+        Cmd::Tx { common, on_queue } => {
+            let mut frames = Vec::new();
+            for (i, line) in std::io::stdin().lock().lines().enumerate() {
+                let line = line.context("reading frames from standard input")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                frames.push(parse_hex(&line).with_context(|| format!("frame on line {}", i + 1))?);
+            }
+            let mut s = start(&common)?;
+            if let Some(q) = on_queue {
+                if q >= s.sockets.len() {
+                    bail!("--on-queue {q}: the lease has {} queue(s)", s.sockets.len());
+                }
+            }
+            let n = s.sockets.len();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for (i, frame) in frames.iter().enumerate() {
+                let idx = on_queue.unwrap_or(i % n);
+                loop {
+                    if s.sockets[idx].transmit(&[frame])? == 1 {
+                        break;
+                    }
+                    if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+                        bail!("queue {} stopped taking frames", s.sockets[idx].queue_id());
+                    }
+                    s.sockets[idx].complete_tx();
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            drain_tx(&mut s.sockets)?;
+            finish(&mut s, "tx")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_swaps_and_keeps_short_frames() {
+        let mut f = vec![0u8; 42];
+        f[0..6].copy_from_slice(&[1; 6]);
+        f[6..12].copy_from_slice(&[2; 6]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&[0x10, 0x00]);
+        f[36..38].copy_from_slice(&[0x20, 0x00]);
+        reflect(&mut f);
+        assert_eq!(&f[0..6], &[2; 6]);
+        assert_eq!(&f[26..30], &[10, 0, 0, 2]);
+        assert_eq!(&f[34..38], &[0x20, 0x00, 0x10, 0x00]);
+        let mut short = vec![1u8; 5];
+        reflect(&mut short);
+        assert_eq!(short, vec![1u8; 5]);
+        assert_eq!(parse_hex("0aff").unwrap(), vec![10, 255]);
+        assert!(parse_hex("abc").is_err());
+    }
+}
