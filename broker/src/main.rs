@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use tracing::{error, info};
+use tracing::info;
 
 /// Privileged broker handing AF_XDP sockets to unprivileged processes.
 #[derive(Parser, Debug)]
@@ -105,8 +105,9 @@ fn run(args: Args) -> Result<()> {
     stop.add(Signal::SIGINT);
     stop.thread_block().context("blocking SIGTERM/SIGINT")?;
 
+    let permitted = privs::check()?;
     let listener = bind_socket(&args.socket, args.socket_mode)?;
-    let kept = match privs::check_and_drop() {
+    let kept = match privs::drop_unneeded(&permitted) {
         Ok(k) => k,
         Err(e) => {
             let _ = std::fs::remove_file(&args.socket);
@@ -144,7 +145,6 @@ fn main() {
     let args = Args::parse();
     init_logging(args.log_level.as_deref());
     if let Err(e) = run(args) {
-        error!("{e:#}");
         eprintln!("xsk-brokerd: {e:#}");
         std::process::exit(1);
     }

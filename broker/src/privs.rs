@@ -26,9 +26,8 @@ pub fn keep_set(permitted: &CapsHashSet) -> CapsHashSet {
 }
 
 /// Check the permitted set holds what the broker needs, naming what is
-/// missing and what it is for; then drop everything else from the effective,
-/// permitted, inheritable, ambient and bounding sets.
-pub fn check_and_drop() -> Result<CapsHashSet> {
+/// missing and what it is for. Returns the permitted set.
+pub fn check() -> Result<CapsHashSet> {
     let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
     let mut missing: Vec<String> = NEEDED
         .iter()
@@ -46,7 +45,13 @@ pub fn check_and_drop() -> Result<CapsHashSet> {
             missing.join(", ")
         );
     }
-    let keep = keep_set(&permitted);
+    Ok(permitted)
+}
+
+/// Drop everything not needed from the effective, permitted, inheritable,
+/// ambient and bounding sets, and set no_new_privs. Returns what was kept.
+pub fn drop_unneeded(permitted: &CapsHashSet) -> Result<CapsHashSet> {
+    let keep = keep_set(permitted);
     // The bounding set needs CAP_SETPCAP to shrink; do it first while we may
     // still hold it. Without CAP_SETPCAP the bounding set stays as it is, which
     // matters little once permitted is reduced and no_new_privs is set.
@@ -62,8 +67,7 @@ pub fn check_and_drop() -> Result<CapsHashSet> {
     caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
     caps::set(None, CapSet::Effective, &keep).context("setting effective capabilities")?;
     caps::set(None, CapSet::Permitted, &keep).context("setting permitted capabilities")?;
-    // SAFETY-free: prctl via nix is safe. No setuid binary run from here may
-    // regain privileges.
+    // No setuid binary run from here may regain privileges.
     nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
     Ok(keep)
 }

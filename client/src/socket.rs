@@ -225,9 +225,6 @@ pub struct Counters {
     /// Descriptors from the kernel (rx or completion) that pointed outside
     /// the umem or were returned twice; skipped. Should stay 0.
     pub invalid_descs: u64,
-    /// Frames `forward` would have sent but dropped because the tx ring was
-    /// full.
-    pub forward_dropped: u64,
 }
 
 /// An AF_XDP socket bound to one (interface, queue), with its umem, its four
@@ -800,9 +797,10 @@ impl XskSocket {
     /// Zero-copy reflect (l2fwd): receive up to `max` frames, let `f` edit
     /// each in place, and put the frames for which `f` returns `true`
     /// straight on the tx ring, without copying. Frames for which it returns
-    /// `false` go back to the pool, as do kept frames that find the tx ring
-    /// full (counted in [`Counters::forward_dropped`]). Then tops up the fill
-    /// ring and makes the rx/tx wakeups the kernel asks for.
+    /// `false` go back to the pool. Only as many frames are taken from the rx
+    /// ring as the tx ring has room for: when transmit falls behind, frames
+    /// wait in the rx ring rather than being dropped here. Then tops up the
+    /// fill ring and makes the rx/tx wakeups the kernel asks for.
     ///
     /// Returns `(received, sent)`. The frame length cannot change.
     pub fn forward<F: FnMut(&mut [u8]) -> bool>(
@@ -812,11 +810,14 @@ impl XskSocket {
     ) -> Result<(usize, usize), Error> {
         self.complete_tx();
         let want = u32::try_from(max).unwrap_or(u32::MAX);
-        let n = self.rx.available(want);
+        // Back-pressure: take only as many frames as the tx ring can hold, so
+        // a full tx ring leaves frames waiting in the rx ring (and the kernel
+        // accounts for what overflows there) instead of dropping them here.
+        let space = self.tx.free(want);
+        let n = self.rx.available(space);
         let mut good = 0u32;
         let mut sent = 0u32;
         if n > 0 {
-            let space = self.tx.free(n);
             let rx_at = self.rx.index();
             let tx_at = self.tx.index();
             let mut bytes = 0u64;
@@ -830,13 +831,10 @@ impl XskSocket {
                 good += 1;
                 bytes += u64::from(d.len);
                 if f(buf) {
-                    if sent < space {
-                        self.tx.write(tx_at.wrapping_add(sent), d);
-                        sent += 1;
-                        sent_bytes += u64::from(d.len);
-                        continue;
-                    }
-                    self.counters.forward_dropped += 1;
+                    self.tx.write(tx_at.wrapping_add(sent), d);
+                    sent += 1;
+                    sent_bytes += u64::from(d.len);
+                    continue;
                 }
                 self.recycle(d.addr);
             }

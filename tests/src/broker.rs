@@ -1,0 +1,281 @@
+//! Running `xsk-brokerd` inside a namespace.
+
+use crate::cmd::describe;
+use crate::netns::Netns;
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long [`BrokerProcess::spawn`] waits for the socket to accept connections.
+pub const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping waits after SIGTERM before SIGKILL.
+pub const BROKER_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Find a binary of this workspace next to the running executable: the test executable is
+/// `target/PROFILE/deps/NAME-HASH` and the demo `target/PROFILE/xsk-demo`, so
+/// `target/PROFILE/NAME` is looked for in the executable's directory and its two parents.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe()")?;
+    let dirs: Vec<&Path> = exe.ancestors().skip(1).take(3).collect();
+    for d in &dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "binary {name} not found in {}; run `cargo build --workspace --bins` first",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A broker process, `ip netns exec NS xsk-brokerd --socket DIR/xsk-brokerd.sock
+/// --socket-mode 0666 [EXTRA...]`, with stdout and stderr appended to
+/// `DIR/xsk-brokerd.log`.
+///
+/// `ip netns exec` execs the broker in place, so [`BrokerProcess::pid`] is the broker's own
+/// pid (checked at spawn through `/proc/PID/exe`). Dropping sends SIGTERM, then SIGKILL
+/// after [`BROKER_STOP_GRACE`], and reaps the process; if the thread is panicking (a test
+/// failed) the log is printed to stderr.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    status: Option<ExitStatus>,
+    bin: PathBuf,
+    socket: PathBuf,
+    log_path: PathBuf,
+    ns: String,
+}
+
+impl BrokerProcess {
+    /// Start `xsk-brokerd` (from [`workspace_bin`]) in `ns`, with its socket and log in
+    /// `dir`, and wait until the socket accepts connections.
+    pub fn spawn(ns: &Netns, dir: &Path) -> Result<BrokerProcess> {
+        BrokerProcess::spawn_with_args(ns, dir, &[])
+    }
+
+    /// [`BrokerProcess::spawn`] with extra command-line arguments appended.
+    pub fn spawn_with_args(ns: &Netns, dir: &Path, extra: &[&str]) -> Result<BrokerProcess> {
+        let bin = workspace_bin("xsk-brokerd")?;
+        BrokerProcess::spawn_bin(&bin, ns, dir, extra)
+    }
+
+    /// [`BrokerProcess::spawn_with_args`] with an explicit broker binary (any program that
+    /// takes `--socket PATH --socket-mode MODE` and listens there).
+    ///
+    /// The socket is `dir/xsk-brokerd.sock`; a stale socket file left by a killed broker is
+    /// fine (readiness means a successful connect). The log is appended to, so a restarted
+    /// broker in the same `dir` keeps one log. On failure the error includes the log.
+    pub fn spawn_bin(bin: &Path, ns: &Netns, dir: &Path, extra: &[&str]) -> Result<BrokerProcess> {
+        let socket = dir.join("xsk-brokerd.sock");
+        let log_path = dir.join("xsk-brokerd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening broker log {}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
+        let mut cmd = ns.exec_command([bin.as_os_str()]);
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(["--socket-mode", "0666"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let line = describe(&cmd);
+        let child = cmd.spawn().with_context(|| format!("spawning `{line}`"))?;
+        let mut broker = BrokerProcess {
+            child,
+            status: None,
+            bin: bin.to_path_buf(),
+            socket,
+            log_path,
+            ns: ns.name().to_owned(),
+        };
+        if let Err(e) = broker.wait_ready(BROKER_READY_TIMEOUT) {
+            let _ = broker.kill();
+            return Err(e.context(format!("starting `{line}`; log:\n{}", broker.log())));
+        }
+        Ok(broker)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = String::from("socket file does not exist yet");
+        loop {
+            if let Some(st) = self.try_wait()? {
+                bail!("broker exited before it was ready ({st})");
+            }
+            if self.socket.exists() {
+                match UnixStream::connect(&self.socket) {
+                    Ok(_) => break,
+                    Err(e) => last_err = format!("connect {}: {e}", self.socket.display()),
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("broker not ready after {timeout:?}: {last_err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // `ip netns exec` must have exec'd the broker in place (no fork): the pid runs the
+        // binary itself, or (a script) an interpreter with the binary as an argument.
+        let pid = self.pid();
+        let exe_link = format!("/proc/{pid}/exe");
+        let exe = std::fs::read_link(&exe_link).with_context(|| format!("readlink {exe_link}"))?;
+        let want = std::fs::canonicalize(&self.bin).unwrap_or_else(|_| self.bin.clone());
+        if exe == want {
+            return Ok(());
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let runs_script = exe.file_name().is_some_and(|n| n != "ip")
+            && cmdline.split(|&b| b == 0).any(|a| {
+                let a = Path::new(std::ffi::OsStr::from_bytes(a));
+                a == self.bin || a == want
+            });
+        if !runs_script {
+            bail!(
+                "pid {pid} runs {}, not {}: did `ip netns exec` fork?",
+                exe.display(),
+                want.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The broker's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's Unix socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The log file (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The network namespace the broker runs in.
+    pub fn netns(&self) -> &str {
+        &self.ns
+    }
+
+    /// The captured log so far (never fails: an unreadable log yields a note saying so).
+    pub fn log(&self) -> String {
+        match std::fs::read(&self.log_path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("<cannot read {}: {e}>", self.log_path.display()),
+        }
+    }
+
+    /// Number of open file descriptors of the broker (entries of `/proc/PID/fd`).
+    pub fn open_fd_count(&self) -> Result<usize> {
+        Ok(self.open_fds()?.len())
+    }
+
+    /// The broker's open file descriptors and what they point to (`readlink
+    /// /proc/PID/fd/N`, e.g. `socket:[1234]`, `anon_inode:bpf-map`), for leak reports.
+    pub fn open_fds(&self) -> Result<Vec<(u32, String)>> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+            let e = e.with_context(|| format!("listing {dir}"))?;
+            let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            // An fd may close between readdir and readlink.
+            let target = std::fs::read_link(e.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "<closed>".to_owned());
+            out.push((n, target));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether the broker has exited (reaps it if so).
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for broker pid {}", self.child.id()))?;
+        }
+        Ok(self.status)
+    }
+
+    /// Send `sig` to the broker (e.g. SIGHUP). Fails if it has exited.
+    pub fn signal(&mut self, sig: Signal) -> Result<()> {
+        if self.try_wait()?.is_some() {
+            bail!("broker pid {} has already exited", self.pid());
+        }
+        kill(Pid::from_raw(self.pid() as i32), sig)
+            .map_err(|e| anyhow!("kill({}, {sig}): {e}", self.pid()))
+    }
+
+    /// Stop gracefully: SIGTERM, wait up to [`BROKER_STOP_GRACE`], then SIGKILL; reap and
+    /// return the exit status. Idempotent.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.try_wait()? {
+            return Ok(st);
+        }
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + BROKER_STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Some(st) = self.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!(
+            "xsk_testbed: broker pid {} ignored SIGTERM for {BROKER_STOP_GRACE:?}; SIGKILL",
+            self.pid()
+        );
+        self.kill()
+    }
+
+    /// SIGKILL (a crash, for restart tests), reap and return the exit status. Idempotent.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.try_wait()? {
+            return Ok(st);
+        }
+        let _ = self.child.kill();
+        let st = self
+            .child
+            .wait()
+            .with_context(|| format!("reaping broker pid {}", self.child.id()))?;
+        self.status = Some(st);
+        Ok(st)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Err(e) = self.terminate() {
+            eprintln!(
+                "xsk_testbed: stopping broker pid {}: {e:#}",
+                self.child.id()
+            );
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- xsk-brokerd log ({}) ----\n{}\n---- end of log ----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! End-to-end tests: the real broker in its own network namespace, real veth
+//! pairs, real XDP programs and AF_XDP sockets, and the real `xsk-client` tool
+//! running as uid nobody with no capabilities.
+//!
+//! Each test builds a fresh test bed with unique names; everything is torn
+//! down by RAII even when an assertion fails. Tests take a lock so they run
+//! one at a time (they share uid nobody's locked-memory budget).
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xsk_broker_protocol::{
+    decode_response, Channel, ErrorCode, FrameHeader, Hello, OpenRequest, Request, Response,
+    TransportError, PROTOCOL_VERSION,
+};
+use xsk_client::BrokerClient;
+use xsk_testbed::{
+    build_udp_frame, cap_eff, frame_checksums_ok, nobody_ids, parse_udp_frame, proc_status_uid,
+    require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip, workspace_bin,
+    BrokerProcess, Capture, ClientProcess, TempDir, Testbed, DEFAULT_DST_PORT, TEST_FRAMES,
+};
+
+const READY: Duration = Duration::from_secs(15);
+
+/// A test bed with a broker. Fields drop in order: broker before namespaces.
+struct Env {
+    broker: BrokerProcess,
+    tb: Testbed,
+    _dir: TempDir,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+fn setup(test: &str, queues: u32) -> Option<Env> {
+    if !require_root(test) {
+        return None;
+    }
+    let lock = serial_guard().expect("e2e lock");
+    let tb = Testbed::new(queues).expect("building the veth test bed");
+    let dir = TempDir::new("xsk-e2e").expect("temp dir");
+    let broker = BrokerProcess::spawn(&tb.xsk, dir.path()).expect("starting xsk-brokerd");
+    Some(Env {
+        broker,
+        tb,
+        _dir: dir,
+        _lock: lock,
+    })
+}
+
+fn frames_arg() -> String {
+    TEST_FRAMES.to_string()
+}
+
+/// Start an unprivileged client on `queues` queues from `start`.
+fn client(env: &Env, cmd: &str, queues: u32, start: u32, extra: &[&str]) -> ClientProcess {
+    let q = queues.to_string();
+    let s = start.to_string();
+    let f = frames_arg();
+    let mut args = vec![
+        "--ifname",
+        env.tb.xsk_if.as_str(),
+        "--queues",
+        &q,
+        "--start-queue",
+        &s,
+    ];
+    if !extra.contains(&"--frames") {
+        args.extend_from_slice(&["--frames", &f]);
+    }
+    args.extend_from_slice(extra);
+    ClientProcess::spawn(cmd, env.broker.socket_path(), &args, None).expect("spawning xsk-client")
+}
+
+/// Check what a user would check first: the client has no capabilities, runs
+/// as nobody, could not create an AF_XDP socket itself, and got what it asked.
+fn assert_unprivileged(c: &ClientProcess, ready: &Value) {
+    let (nobody, _) = nobody_ids().unwrap();
+    assert_eq!(cap_eff(c.pid()).unwrap(), 0, "client CapEff must be 0");
+    assert_eq!(proc_status_uid(c.pid()).unwrap(), nobody.as_raw());
+    assert_eq!(ready["privileges"]["cap_eff"], 0, "{ready}");
+    let own = ready["privileges"]["af_xdp_socket_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        own.starts_with("EPERM"),
+        "the client's own socket(AF_XDP) must fail with EPERM, got {own:?}"
+    );
+}
+
+fn udp_payload(flow: u16, seq: u32) -> Vec<u8> {
+    format!("xsk-broker e2e flow {flow} seq {seq} ")
+        .repeat(3)
+        .into_bytes()
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// 1. A client with CapEff 0 whose own socket(AF_XDP) fails with EPERM
+///    receives N UDP packets sent from the peer; payloads verified.
+#[test]
+fn unprivileged_client_receives_udp_from_peer() {
+    let Some(env) = setup("unprivileged_client_receives_udp_from_peer", 1) else {
+        return;
+    };
+    const N: u32 = 200;
+    // 1024 frames give a 256-entry fill ring: the whole burst fits, so no
+    // datagram can be dropped for want of a buffer.
+    let mut c = client(
+        &env,
+        "rx",
+        1,
+        0,
+        &[
+            "--frames",
+            "1024",
+            "--print-frames",
+            "--require-unprivileged",
+        ],
+    );
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_unprivileged(&c, &ready);
+    assert_eq!(ready["ifindex"], env.tb.xsk_ifindex);
+    assert_eq!(ready["queues"], serde_json::json!([0]));
+
+    send_udp(&env.tb, 1, N, udp_payload).unwrap();
+    let is_ours = |f: &Value| {
+        parse_udp_frame(&hex_decode(f["hex"].as_str().unwrap_or("")))
+            .is_some_and(|u| u.dst_port == DEFAULT_DST_PORT)
+    };
+    let frames = c
+        .collect_frames(
+            |fr| fr.iter().filter(|f| is_ours(f)).count() >= N as usize,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let got: Vec<Vec<u8>> = frames
+        .iter()
+        .filter_map(|f| parse_udp_frame(&hex_decode(f["hex"].as_str()?)))
+        .filter(|u| u.dst_port == DEFAULT_DST_PORT)
+        .map(|u| {
+            assert_eq!(u.src_mac, env.tb.peer_mac);
+            assert_eq!(u.dst_mac, env.tb.xsk_mac);
+            assert_eq!((u.src_ip, u.dst_ip), (env.tb.peer_ip, env.tb.xsk_ip));
+            u.payload
+        })
+        .collect();
+    let want: Vec<Vec<u8>> = (0..N).map(|s| udp_payload(0, s)).collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "received {} of {N} datagrams",
+        got.len()
+    );
+    assert_eq!(
+        got, want,
+        "payloads must arrive intact and in order on one queue"
+    );
+
+    let (done, status) = c.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        done["rx_packets"].as_u64().unwrap() >= u64::from(N),
+        "{done}"
+    );
+}
+
+/// 2. The unprivileged client transmits N frames that arrive at the peer,
+///    verified by a capture there.
+#[test]
+fn unprivileged_client_transmits_to_peer() {
+    let Some(env) = setup("unprivileged_client_transmits_to_peer", 1) else {
+        return;
+    };
+    const N: usize = 300;
+    let tb = &env.tb;
+    let cap = Capture::start(tb).unwrap();
+    let payload = |i: usize| format!("from the sandbox, frame {i:04}").into_bytes();
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            build_udp_frame(
+                tb.xsk_mac,
+                tb.peer_mac,
+                tb.xsk_ip,
+                tb.peer_ip,
+                7000,
+                7001,
+                &payload(i),
+            )
+        })
+        .collect();
+    let stdin: String = frames
+        .iter()
+        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+        .collect();
+    let f = frames_arg();
+    let mut c = ClientProcess::spawn(
+        "tx",
+        env.broker.socket_path(),
+        &[
+            "--ifname",
+            &tb.xsk_if,
+            "--frames",
+            &f,
+            "--require-unprivileged",
+        ],
+        Some(stdin.into_bytes()),
+    )
+    .unwrap();
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_unprivileged(&c, &ready);
+    let (done, status) = c.wait(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(done["tx_packets"], N as u64, "{done}");
+
+    let ours = |f: &Vec<u8>| parse_udp_frame(f).is_some_and(|u| u.dst_port == 7001);
+    let got = cap
+        .collect(
+            |fs| fs.iter().filter(|f| ours(f)).count() >= N,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let got: Vec<Vec<u8>> = got.into_iter().filter(ours).collect();
+    assert_eq!(
+        got.len(),
+        N,
+        "the peer captured {} of {N} frames",
+        got.len()
+    );
+    for (i, f) in got.iter().enumerate() {
+        assert!(frame_checksums_ok(f), "frame {i} has bad checksums");
+    }
+    let got_payloads: BTreeSet<Vec<u8>> = got
+        .iter()
+        .map(|f| parse_udp_frame(f).unwrap().payload)
+        .collect();
+    let want: BTreeSet<Vec<u8>> = (0..N).map(payload).collect();
+    assert_eq!(got_payloads, want);
+}
+
+/// 3. On a multi-queue veth every leased queue carries traffic both ways.
+fn every_queue_carries_traffic(test: &str, queues: u32) {
+    let Some(env) = setup(test, queues) else {
+        return;
+    };
+    let mut c = client(&env, "echo", queues, 0, &["--require-unprivileged"]);
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_unprivileged(&c, &ready);
+    let want: Vec<u32> = (0..queues).collect();
+    assert_eq!(ready["queues"], serde_json::json!(want));
+
+    // 32 flows hash over the peer's tx queues, hence over our rx queues.
+    let rt = udp_roundtrip(&env.tb, 32, 8, Duration::from_secs(5)).unwrap();
+    let per_queue_xdp = env.tb.xsk_rx_queue_xdp_packets().unwrap();
+    let (done, status) = c.stop().unwrap();
+    if let Err(e) = rt.verify() {
+        panic!("{e:#}\nclient: {done:#}\nkernel xdp packets per rx queue: {per_queue_xdp:?}");
+    }
+    assert!(status.success());
+    let qs = done["queues"].as_array().unwrap();
+    assert_eq!(qs.len(), queues as usize);
+    for q in qs {
+        let rx = q["counters"]["rx_packets"].as_u64().unwrap();
+        let tx = q["counters"]["tx_packets"].as_u64().unwrap();
+        assert!(
+            rx > 0 && tx > 0,
+            "queue {} carried no traffic: {q}",
+            q["queue_id"]
+        );
+    }
+    for (i, n) in per_queue_xdp.iter().take(queues as usize).enumerate() {
+        assert!(
+            *n > 0,
+            "kernel saw no XDP packets on rx queue {i}: {per_queue_xdp:?}"
+        );
+    }
+}
+
+#[test]
+fn two_queues_each_carry_traffic() {
+    every_queue_carries_traffic("two_queues_each_carry_traffic", 2);
+}
+
+#[test]
+fn four_queues_each_carry_traffic() {
+    every_queue_carries_traffic("four_queues_each_carry_traffic", 4);
+}
+
+/// Forced skb (generic) mode works as well, and is what is reported.
+#[test]
+fn skb_mode_echo_roundtrip() {
+    let Some(env) = setup("skb_mode_echo_roundtrip", 1) else {
+        return;
+    };
+    let mut c = client(&env, "echo", 1, 0, &["--mode", "skb"]);
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_eq!(ready["mode"], "skb");
+    let attached = env.tb.xdp_attachments().unwrap();
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    assert_eq!(attached[0].1, ready["program_id"].as_u64().unwrap() as u32);
+    udp_roundtrip(&env.tb, 4, 16, Duration::from_secs(5))
+        .unwrap()
+        .verify()
+        .unwrap();
+    c.stop().unwrap();
+}
+
+/// 4. A second client asking for a leased queue gets "queue busy".
+#[test]
+fn leased_queue_is_busy_for_others() {
+    let Some(env) = setup("leased_queue_is_busy_for_others", 4) else {
+        return;
+    };
+    let mut a = client(&env, "echo", 2, 0, &[]);
+    a.wait_event("ready", READY).unwrap();
+
+    // The tool, unprivileged: exits 1 with the code and the queue named.
+    let b = client(&env, "rx", 1, 1, &[]);
+    let (stderr, status) = b.wait_failure(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("queue_busy"), "{stderr}");
+    assert!(stderr.contains("queue 1 of"), "{stderr}");
+
+    // The library: a typed code.
+    let err = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(env.tb.xsk_if.clone(), 3))
+        .unwrap_err();
+    assert_eq!(err.broker_code(), Some(ErrorCode::QueueBusy), "{err}");
+
+    // Queues nobody holds are still granted.
+    let mut c = client(&env, "rx", 2, 2, &[]);
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_eq!(ready["queues"], serde_json::json!([2, 3]));
+    c.stop().unwrap();
+    a.stop().unwrap();
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 5. SIGKILL of a client frees its queues, and after the last lease ends no
+///    XDP program is left on the interface.
+#[test]
+fn sigkill_frees_queues_and_last_lease_detaches() {
+    let Some(env) = setup("sigkill_frees_queues_and_last_lease_detaches", 2) else {
+        return;
+    };
+    assert_eq!(env.tb.xdp_prog_id().unwrap(), None);
+    let mut a = client(&env, "echo", 2, 0, &[]);
+    let ready = a.wait_event("ready", READY).unwrap();
+    let prog = env.tb.xdp_prog_id().unwrap().expect("XDP program attached");
+    assert_eq!(u64::from(prog), ready["program_id"].as_u64().unwrap());
+    a.kill().unwrap();
+
+    let lease = wait_until(
+        "the killed client's queues to be free",
+        Duration::from_secs(5),
+        || {
+            BrokerClient::connect(env.broker.socket_path())
+                .unwrap()
+                .open(OpenRequest::new(env.tb.xsk_if.clone(), 2))
+                .ok()
+        },
+    );
+    assert_eq!(lease.info().sockets.len(), 2);
+    assert!(env.tb.xdp_prog_id().unwrap().is_some());
+    drop(lease);
+    wait_until(
+        "the XDP program to be detached",
+        Duration::from_secs(5),
+        || env.tb.xdp_prog_id().unwrap().is_none().then_some(()),
+    );
+    let log = env.broker.log();
+    assert!(log.contains("released: connection closed"), "{log}");
+    assert!(log.contains("detached the XSK program"), "{log}");
+}
+
+/// A raw protocol peer, for what the library would never send.
+struct Raw(Channel);
+
+impl Raw {
+    fn connect(env: &Env) -> Raw {
+        let s = UnixStream::connect(env.broker.socket_path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(Channel::new(s))
+    }
+
+    fn hello(env: &Env) -> Raw {
+        let r = Raw::connect(env);
+        let resp = r.call(&Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+        }));
+        assert!(matches!(resp, Response::Hello(_)), "{resp:?}");
+        r
+    }
+
+    fn call(&self, req: &Request) -> Response {
+        self.0.send(req, &[]).unwrap();
+        self.answer()
+    }
+
+    fn raw(&self, body: &[u8]) -> Response {
+        self.0.send_raw(body, 0, &[]).unwrap();
+        self.answer()
+    }
+
+    fn answer(&self) -> Response {
+        let got = self.0.recv().unwrap();
+        decode_response(&got.body).unwrap()
+    }
+}
+
+fn expect_error(resp: Response, code: ErrorCode, needle: &str) {
+    match resp {
+        Response::Error(e) => {
+            assert_eq!(e.code, code, "{}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+        }
+        other => panic!("expected {code} error, got {other:?}"),
+    }
+}
+
+fn open_req(env: &Env, queues: u32, start: u32) -> Request {
+    Request::Open(OpenRequest {
+        start_queue: start,
+        ..OpenRequest::new(env.tb.xsk_if.clone(), queues)
+    })
+}
+
+/// 6. Bad input gets its clear error and the broker keeps serving; over 1,000
+///    open/close cycles its open fd count does not grow.
+#[test]
+fn bad_input_gets_clear_errors_and_nothing_leaks() {
+    let Some(env) = setup("bad_input_gets_clear_errors_and_nothing_leaks", 2) else {
+        return;
+    };
+    let r = Raw::connect(&env);
+    expect_error(
+        r.call(&open_req(&env, 1, 0)),
+        ErrorCode::BadRequest,
+        "first message must be hello",
+    );
+    expect_error(
+        r.call(&Request::Hello(Hello { version: 99 })),
+        ErrorCode::UnsupportedVersion,
+        "version 99",
+    );
+    let r = Raw::hello(&env);
+    expect_error(
+        r.raw(b"{\"op\": \"open\", "),
+        ErrorCode::BadRequest,
+        "malformed JSON",
+    );
+    expect_error(r.raw(b"\xff\xfe"), ErrorCode::BadRequest, "malformed JSON");
+    expect_error(
+        r.raw(br#"{"op":"format_disk"}"#),
+        ErrorCode::BadRequest,
+        "unknown operation \"format_disk\"",
+    );
+    expect_error(
+        r.raw(br#"{"op":"open","ifname":"x","queues":1,"queues":2}"#),
+        ErrorCode::BadRequest,
+        "duplicate field",
+    );
+    expect_error(
+        r.call(&open_req(&env, 0, 0)),
+        ErrorCode::QueueOutOfRange,
+        "got 0",
+    );
+    expect_error(
+        r.call(&open_req(&env, 65, 0)),
+        ErrorCode::QueueOutOfRange,
+        "got 65",
+    );
+    expect_error(
+        r.call(&open_req(&env, 1, 2)),
+        ErrorCode::QueueOutOfRange,
+        "has 2 rx queue(s)",
+    );
+    expect_error(
+        r.call(&Request::Open(OpenRequest::new("xsk-nonesuch", 1))),
+        ErrorCode::NoSuchInterface,
+        "\"xsk-nonesuch\" not found",
+    );
+    // A declared fd count that does not match: refused, stream stays usable.
+    r.0.send_raw(br#"{"op":"release"}"#, 3, &[]).unwrap();
+    expect_error(
+        r.answer(),
+        ErrorCode::BadRequest,
+        "declared 3 fds but carried 0",
+    );
+    // fds sent to the broker are closed and refused.
+    let before = env.broker.open_fd_count().unwrap();
+    let f = std::fs::File::open("/dev/null").unwrap();
+    r.0.send(&Request::Release, &[f.as_fd(), f.as_fd()])
+        .unwrap();
+    expect_error(
+        r.answer(),
+        ErrorCode::BadRequest,
+        "accepts no file descriptors",
+    );
+    assert_eq!(env.broker.open_fd_count().unwrap(), before);
+    // Still serving on the same connection.
+    assert!(matches!(r.call(&open_req(&env, 1, 0)), Response::Opened(_)));
+    drop(r);
+
+    // An oversize frame: an error, then the connection is closed.
+    let r = Raw::hello(&env);
+    let big = FrameHeader {
+        len: 1 << 20,
+        fds: 0,
+    };
+    std::io::Write::write_all(&mut r.0.stream(), &big.encode()).unwrap();
+    expect_error(r.answer(), ErrorCode::BadRequest, "exceeds the limit");
+    assert!(matches!(r.0.recv(), Err(TransportError::Closed)));
+
+    // The broker keeps serving everyone else.
+    let holder = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(env.tb.xsk_if.clone(), 1))
+        .unwrap();
+
+    // 1,000 open/close cycles on queue 1 while queue 0 is held.
+    let settle = |target: usize| {
+        wait_until(
+            "the broker's fd count to settle",
+            Duration::from_secs(5),
+            || {
+                let n = env.broker.open_fd_count().unwrap();
+                (n <= target).then_some(n)
+            },
+        )
+    };
+    let baseline = env.broker.open_fd_count().unwrap();
+    for i in 0..1000 {
+        let lease = BrokerClient::connect(env.broker.socket_path())
+            .unwrap()
+            .open(OpenRequest {
+                start_queue: 1,
+                ..OpenRequest::new(env.tb.xsk_if.clone(), 1)
+            });
+        let lease = match lease {
+            Ok(l) => l,
+            // The previous cycle's close may not be processed yet.
+            Err(e) if e.broker_code() == Some(ErrorCode::QueueBusy) => {
+                settle(baseline);
+                BrokerClient::connect(env.broker.socket_path())
+                    .unwrap()
+                    .open(OpenRequest {
+                        start_queue: 1,
+                        ..OpenRequest::new(env.tb.xsk_if.clone(), 1)
+                    })
+                    .unwrap_or_else(|e| panic!("cycle {i}: {e}"))
+            }
+            Err(e) => panic!("cycle {i}: {e}"),
+        };
+        assert_eq!(lease.info().sockets[0].queue_id, 1);
+        drop(lease);
+    }
+    let after = settle(baseline);
+    assert!(after <= baseline, "fds grew from {baseline} to {after}");
+    drop(holder);
+    wait_until(
+        "the XDP program to be detached",
+        Duration::from_secs(5),
+        || env.tb.xdp_prog_id().unwrap().is_none().then_some(()),
+    );
+}
+
+/// The broker never replaces an XDP program it did not attach.
+#[test]
+fn foreign_xdp_program_is_left_alone() {
+    let Some(env) = setup("foreign_xdp_program_is_left_alone", 1) else {
+        return;
+    };
+    let foreign = env.tb.attach_xdp_pass().unwrap();
+    let id = foreign.prog_id().unwrap();
+    let err = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(env.tb.xsk_if.clone(), 1))
+        .unwrap_err();
+    assert_eq!(err.broker_code(), Some(ErrorCode::QueueBusy), "{err}");
+    assert!(
+        err.to_string().contains(&format!("program id {id}")),
+        "{err}"
+    );
+    assert_eq!(env.tb.xdp_prog_id().unwrap(), Some(id));
+    drop(foreign);
+    let lease = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(env.tb.xsk_if.clone(), 1))
+        .unwrap();
+    assert_ne!(lease.info().program_id, id);
+}
+
+/// The broker names the capabilities it lacks, and what each is for.
+#[test]
+fn broker_without_capabilities_names_what_is_missing() {
+    if !require_root("broker_without_capabilities_names_what_is_missing") {
+        return;
+    }
+    let dir = TempDir::new("xsk-caps").unwrap();
+    let sock = dir.join("b.sock");
+    let mut cmd = std::process::Command::new(workspace_bin("xsk-brokerd").unwrap());
+    cmd.arg("--socket")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let out = spawn_unprivileged(&mut cmd)
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "CAP_NET_ADMIN (to attach and detach XDP programs",
+        "CAP_NET_RAW (to create AF_XDP sockets)",
+        "CAP_BPF or CAP_SYS_ADMIN",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    assert!(!sock.exists(), "the socket file must not be left behind");
+}
+
+/// The broker keeps only the capabilities it needs.
+#[test]
+fn broker_drops_capabilities_it_does_not_need() {
+    let Some(env) = setup("broker_drops_capabilities_it_does_not_need", 1) else {
+        return;
+    };
+    let eff = cap_eff(env.broker.pid()).unwrap();
+    let want = (1u64 << 12) | (1 << 13) | (1 << 39); // NET_ADMIN, NET_RAW, BPF
+    assert_eq!(eff, want, "CapEff {eff:016x}");
+}
