@@ -651,3 +651,42 @@ fn broker_drops_capabilities_it_does_not_need() {
     let want = (1u64 << 12) | (1 << 13) | (1 << 39); // NET_ADMIN, NET_RAW, BPF
     assert_eq!(eff, want, "CapEff {eff:016x}");
 }
+
+/// Several clients are served at once: silent or half-sent connections never
+/// hold up a well-behaved client.
+#[test]
+fn silent_and_half_sent_clients_do_not_block_others() {
+    let Some(env) = setup("silent_and_half_sent_clients_do_not_block_others", 2) else {
+        return;
+    };
+    // Connected and silent; a partial header; a full header with half a body;
+    // a client holding a lease that never reads again.
+    let silent = UnixStream::connect(env.broker.socket_path()).unwrap();
+    let mut partial = UnixStream::connect(env.broker.socket_path()).unwrap();
+    std::io::Write::write_all(&mut partial, &[40, 0]).unwrap();
+    let mut half = UnixStream::connect(env.broker.socket_path()).unwrap();
+    let header = FrameHeader { len: 100, fds: 0 }.encode();
+    std::io::Write::write_all(&mut half, &header).unwrap();
+    std::io::Write::write_all(&mut half, br#"{"op":"hel"#).unwrap();
+    let holder = Raw::hello(&env);
+    assert!(matches!(
+        holder.call(&open_req(&env, 1, 0)),
+        Response::Opened(_)
+    ));
+
+    let started = Instant::now();
+    let lease = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest {
+            start_queue: 1,
+            ..OpenRequest::new(env.tb.xsk_if.clone(), 1)
+        })
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(lease.info().sockets[0].queue_id, 1);
+    assert!(
+        took < Duration::from_secs(2),
+        "a good client waited {took:?}"
+    );
+    drop((silent, partial, half, holder));
+}
