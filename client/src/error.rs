@@ -138,6 +138,10 @@ pub enum Error {
     #[error("unexpected answer from the broker: {0}")]
     UnexpectedReply(String),
 
+    /// A sock-fds list was refused; see [`SockFdsError`](crate::SockFdsError).
+    #[error(transparent)]
+    SockFds(#[from] crate::SockFdsError),
+
     /// A frame passed to [`XskSocket::transmit`](crate::XskSocket::transmit)
     /// is empty or larger than a umem frame can carry.
     #[error(

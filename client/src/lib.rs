@@ -61,6 +61,7 @@ mod error;
 mod privileges;
 mod ring;
 mod socket;
+mod sockfds;
 mod sys;
 mod umem;
 
@@ -70,6 +71,9 @@ pub use privileges::PrivilegeReport;
 pub use socket::{
     Counters, SocketConfig, XdpStatistics, XskSocket, MAX_FRAME_COUNT, MAX_RING_SIZE,
     MIN_RX_FRAME_ROOM,
+};
+pub use sockfds::{
+    claim_sock_fds, inherit_only, parse_sock_fds, parse_sock_fds_syntax, SockFdsError,
 };
 pub use umem::UmemConfig;
 pub use xsk_broker_protocol::{AttachMode, CopyMode, ErrorCode, OpenRequest, Opened, XdpMode};

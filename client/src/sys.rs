@@ -8,7 +8,7 @@
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 pub(crate) use libc::{
@@ -371,4 +371,95 @@ impl Drop for Mmap {
             libc::munmap(self.ptr.as_ptr().cast::<libc::c_void>(), self.len);
         }
     }
+}
+
+/// What an inherited fd number refers to, for validating a sock-fds list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// Not an open fd in this process.
+    Closed,
+    /// Open, but not a socket (the `st_mode` file type bits).
+    NotSocket(u32),
+    /// A socket of this address family (`SO_DOMAIN`).
+    Socket(libc::c_int),
+}
+
+/// Classify fd number `fd` of this process without taking ownership of it.
+pub(crate) fn fd_kind(fd: RawFd) -> io::Result<FdKind> {
+    if fd < 0 {
+        return Ok(FdKind::Closed);
+    }
+    // SAFETY: F_GETFD only reads the fd table; any integer is acceptable.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EBADF) {
+            Ok(FdKind::Closed)
+        } else {
+            Err(e)
+        };
+    }
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is valid writable memory of the right type.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled `st` (and it was zeroed anyway).
+    let mode = unsafe { st.assume_init() }.st_mode;
+    if mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Ok(FdKind::NotSocket(mode & libc::S_IFMT));
+    }
+    // SAFETY: fd was checked open just above and is only borrowed for the
+    // duration of this getsockopt call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(FdKind::Socket(socket_domain(borrowed)?))
+}
+
+/// A close-on-exec duplicate of fd number `fd`, which stays open as it was.
+pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new fd that nothing else owns.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Set or clear close-on-exec on fd number `fd`.
+pub(crate) fn set_cloexec_raw(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only change the fd's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mark every fd from `first` upwards close-on-exec
+/// (`close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`, Linux 5.11+).
+pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only
+    // sets a flag on each open fd in the range.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -42,6 +42,7 @@ mod ethtool;
 mod netns;
 mod packet;
 mod peer;
+mod procfd;
 mod testbed;
 mod unpriv;
 mod xdp;
@@ -59,6 +60,7 @@ pub use peer::{
     roundtrip_payload, send_udp, send_udp_to, udp_roundtrip, udp_roundtrip_to, RoundTrip,
     DEFAULT_DST_PORT, FLOW_SRC_PORT_BASE,
 };
+pub use procfd::{proc_fds, proc_socket_domain};
 pub use testbed::{xdp_attachments_from_link_json, Testbed, XdpMode, PEER_IP, XSK_IP};
 pub use unpriv::{
     cap_eff, nobody_ids, proc_status_uid, proc_status_uids, spawn_unprivileged, TempDir,

@@ -5,12 +5,14 @@
 //! * `tx`   transmit frames given as hex lines on standard input
 //! * `echo` send every received frame back with MAC, IPv4 and UDP/TCP port
 //!   addresses swapped
+//! * `exec` lease sockets and exec a program (e.g. QEMU) that inherits them,
+//!   with `{sock-fds}` etc. in its arguments replaced
 //!
 //! Each prints a `ready` line once its sockets are bound and a `done` summary
 //! at the end; `--json` makes every line a JSON object for tools.
 
 use std::io::{BufRead, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,6 +58,47 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Lease sockets, then exec PROGRAM with them inherited (the sock-fds
+    /// launcher). In PROGRAM's arguments `{sock-fds}` becomes the colon list
+    /// of socket fds in queue order, and `{queues}`, `{start-queue}`,
+    /// `{ifindex}` and `{lease-fd}` their values. PROGRAM inherits exactly
+    /// the socket fds and the lease fd (the control connection) besides
+    /// stdin/stdout/stderr; the lease lasts until PROGRAM and every process
+    /// that inherited the lease fd have exited. Exit status: PROGRAM's own;
+    /// 125 if the broker refused or the launcher failed (PROGRAM not
+    /// started), 126 if PROGRAM could not be executed, 127 if not found.
+    Exec(ExecArgs),
+}
+
+/// Arguments of `xsk-client exec`.
+#[derive(Args, Debug)]
+struct ExecArgs {
+    /// The broker's control socket.
+    #[arg(long, default_value = "/run/xsk-broker/broker.sock")]
+    socket: PathBuf,
+    /// Interface, as the broker sees it.
+    #[arg(long)]
+    ifname: String,
+    /// Number of queues.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// First queue id.
+    #[arg(long, default_value_t = 0)]
+    start_queue: u32,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
+    /// Copy or zero-copy (the broker checks it against the XDP mode; PROGRAM
+    /// applies it when it binds).
+    #[arg(long, value_enum, default_value_t = CopyArg::Auto)]
+    copy: CopyArg,
+    /// Print an `exec` JSON line (fds, queues, ifindex, the argv) on stdout
+    /// before exec'ing.
+    #[arg(long)]
+    json: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,23 +167,39 @@ struct Common {
     json: bool,
 }
 
+fn open_request(
+    ifname: &str,
+    queues: u32,
+    start_queue: u32,
+    mode: ModeArg,
+    copy: CopyArg,
+) -> OpenRequest {
+    OpenRequest {
+        ifname: ifname.to_owned(),
+        queues,
+        start_queue,
+        mode: match mode {
+            ModeArg::Auto => XdpMode::Auto,
+            ModeArg::Native => XdpMode::Native,
+            ModeArg::Skb => XdpMode::Skb,
+        },
+        copy: match copy {
+            CopyArg::Auto => CopyMode::Auto,
+            CopyArg::Copy => CopyMode::Copy,
+            CopyArg::ZeroCopy => CopyMode::ZeroCopy,
+        },
+    }
+}
+
 impl Common {
     fn request(&self) -> OpenRequest {
-        OpenRequest {
-            ifname: self.ifname.clone(),
-            queues: self.queues,
-            start_queue: self.start_queue,
-            mode: match self.mode {
-                ModeArg::Auto => XdpMode::Auto,
-                ModeArg::Native => XdpMode::Native,
-                ModeArg::Skb => XdpMode::Skb,
-            },
-            copy: match self.copy {
-                CopyArg::Auto => CopyMode::Auto,
-                CopyArg::Copy => CopyMode::Copy,
-                CopyArg::ZeroCopy => CopyMode::ZeroCopy,
-            },
-        }
+        open_request(
+            &self.ifname,
+            self.queues,
+            self.start_queue,
+            self.mode,
+            self.copy,
+        )
     }
 
     fn config(&self) -> SocketConfig {
@@ -401,8 +460,134 @@ fn finish(s: &mut Session, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Replace every known `{name}` placeholder in `arg`; other braces are left
+/// alone (QEMU's JSON-style arguments contain them).
+fn substitute(arg: &std::ffi::OsStr, vars: &[(&str, String)]) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out: Vec<u8> = Vec::with_capacity(arg.len());
+    let bytes = arg.as_bytes();
+    let mut i = 0;
+    'outer: while i < bytes.len() {
+        if bytes[i] == b'{' {
+            for (name, value) in vars {
+                let pat = format!("{{{name}}}");
+                if bytes[i..].starts_with(pat.as_bytes()) {
+                    out.extend_from_slice(value.as_bytes());
+                    i += pat.len();
+                    continue 'outer;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Exit status of `xsk-client exec` when the launcher itself fails and
+/// PROGRAM is not started (as `env`, `chroot` and container runtimes do).
+const EXEC_LAUNCHER_FAILED: i32 = 125;
+
+/// Lease sockets and exec the program; returns only on failure, with the
+/// exit status to use.
+fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
+    use std::os::unix::process::CommandExt;
+    let program = a.command[0].clone();
+    let shown = program.to_string_lossy().into_owned();
+    let lease = BrokerClient::connect(&a.socket)
+        .with_context(|| format!("connecting to the broker at {}", a.socket.display()))
+        .and_then(|b| {
+            b.open(open_request(
+                &a.ifname,
+                a.queues,
+                a.start_queue,
+                a.mode,
+                a.copy,
+            ))
+            .with_context(|| {
+                format!(
+                    "leasing {} queue(s) of {} from queue {}",
+                    a.queues, a.ifname, a.start_queue
+                )
+            })
+        });
+    let mut lease = match lease {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                EXEC_LAUNCHER_FAILED,
+                e.context(format!("{shown} was not started")),
+            )
+        }
+    };
+    let info = lease.info().clone();
+    let sockets = lease.take_sockets();
+    let fds: Vec<i32> = sockets.iter().map(|s| s.fd.as_raw_fd()).collect();
+    let sock_fds = fds
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let lease_fd = lease.control_fd().as_raw_fd();
+    let vars = [
+        ("sock-fds", sock_fds.clone()),
+        ("queues", a.queues.to_string()),
+        ("start-queue", a.start_queue.to_string()),
+        ("ifindex", info.ifindex.to_string()),
+        ("lease-fd", lease_fd.to_string()),
+    ];
+    let args: Vec<std::ffi::OsString> = a.command[1..]
+        .iter()
+        .map(|x| substitute(x, &vars))
+        .collect();
+    let mut keep: Vec<std::os::fd::BorrowedFd<'_>> = sockets.iter().map(|s| s.fd.as_fd()).collect();
+    keep.push(lease.control_fd());
+    if let Err(e) = xsk_client::inherit_only(&keep) {
+        return (
+            EXEC_LAUNCHER_FAILED,
+            anyhow::Error::new(e).context(format!(
+                "setting close-on-exec flags before starting {shown}; it was not started"
+            )),
+        );
+    }
+    drop(keep);
+    if a.json {
+        let line = json!({
+            "event": "exec", "program": shown,
+            "args": args.iter().map(|x| x.to_string_lossy()).collect::<Vec<_>>(),
+            "sock_fds": sock_fds, "lease_fd": lease_fd, "ifname": info.ifname,
+            "ifindex": info.ifindex, "mode": info.mode, "program_id": info.program_id,
+            "queues": info.sockets.iter().map(|s| s.queue_id).collect::<Vec<_>>(),
+            "pid": std::process::id(),
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+    let err = std::process::Command::new(&program)
+        .args(&args)
+        .env("XSK_BROKER_SOCK_FDS", &sock_fds)
+        .env("XSK_BROKER_LEASE_FD", lease_fd.to_string())
+        .exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    // Returning drops the lease and the sockets: the broker takes them back.
+    (
+        code,
+        anyhow::Error::new(err).context(format!("cannot execute {shown}")),
+    )
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Cmd::Exec(a) = cli.cmd {
+        let (code, e) = run_exec(a);
+        eprintln!("xsk-client exec: {e:#}");
+        std::process::exit(code);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
@@ -495,6 +680,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
             drain_tx(&mut s.sockets)?;
             finish(&mut s, "tx")
         }
+        Cmd::Exec(_) => unreachable!("exec is handled in main before signals are set up"),
     }
 }
 
@@ -523,5 +709,17 @@ mod tests {
         assert_eq!(short, vec![1u8; 5]);
         assert_eq!(parse_hex("0aff").unwrap(), vec![10, 255]);
         assert!(parse_hex("abc").is_err());
+    }
+
+    #[test]
+    fn placeholders_are_replaced_and_other_braces_kept() {
+        let vars = [("sock-fds", "5:6".to_owned()), ("queues", "2".to_owned())];
+        let got = substitute(
+            std::ffi::OsStr::new("af-xdp,queues={queues},sock-fds={sock-fds},x={other}"),
+            &vars,
+        );
+        assert_eq!(got, "af-xdp,queues=2,sock-fds=5:6,x={other}");
+        let got = substitute(std::ffi::OsStr::new(r#"{"type":"af-xdp"}{queues"#), &vars);
+        assert_eq!(got, r#"{"type":"af-xdp"}{queues"#);
     }
 }
