@@ -8,14 +8,18 @@ use std::sync::Arc;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
-    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, Request, Response, TransportError,
-    PROTOCOL_VERSION,
+    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, Request, Response, StatusReply,
+    TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::state::{Broker, Lease, Peer};
 
+/// When the broker started serving, for the uptime in status replies.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 /// Accept connections forever.
 pub fn serve(listener: UnixListener, broker: Arc<Broker>) -> std::io::Result<()> {
+    STARTED.get_or_init(std::time::Instant::now);
     loop {
         let (stream, _) = match listener.accept() {
             Ok(c) => c,
@@ -182,6 +186,11 @@ impl Connection {
                 self.end_lease("released by the client");
                 self.send(&Response::Released { queues }, &[])
             }
+            Request::Status(_) => {
+                debug!(pid = self.peer.pid, uid = self.peer.uid, "status requested");
+                let reply = status_reply(&self.broker);
+                self.send(&Response::Status(reply), &[])
+            }
         }
     }
 
@@ -206,4 +215,34 @@ impl Connection {
     fn reply_error(&self, e: ErrorReply) {
         self.send(&Response::Error(e), &[]);
     }
+}
+
+/// Build a status reply that fits the message size limit: if every lease does
+/// not fit, the newest are left out and counted in `omitted_leases`.
+fn status_reply(broker: &Broker) -> StatusReply {
+    let mut reply = StatusReply {
+        server: format!("xsk-brokerd/{}", env!("CARGO_PKG_VERSION")),
+        pid: std::process::id(),
+        uptime_ms: STARTED.get().map_or(0, |t| {
+            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }),
+        leases: Vec::new(),
+        omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
+    };
+    let leases = broker.lease_status();
+    // `{...,"leases":[a,b,c],...}`: the envelope plus each lease and a comma.
+    let mut size =
+        serde_json::to_vec(&Response::Status(reply.clone())).map_or(MAX_MESSAGE_LEN, |b| b.len());
+    let mut fit = 0;
+    for lease in &leases {
+        size += serde_json::to_vec(lease).map_or(MAX_MESSAGE_LEN, |b| b.len()) + 1;
+        if size > MAX_MESSAGE_LEN {
+            break;
+        }
+        fit += 1;
+    }
+    reply.omitted_leases = u32::try_from(leases.len() - fit).unwrap_or(u32::MAX);
+    reply.leases = leases;
+    reply.leases.truncate(fit);
+    reply
 }

@@ -4,11 +4,13 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tracing::{info, warn};
 use xsk_broker_protocol::{
-    AttachMode, CopyMode, ErrorCode, ErrorReply, OpenRequest, Opened, SocketInfo, XdpMode,
+    AttachMode, CopyMode, ErrorCode, ErrorReply, Holder, LeaseStatus, OpenRequest, Opened,
+    SocketInfo, SocketStatus, XdpMode,
 };
 
 use crate::xdp::{self, XskProgram};
@@ -34,7 +36,8 @@ pub struct Lease {
     id: LeaseId,
     ifname: String,
     ifindex: u32,
-    sockets: Vec<(u32, OwnedFd)>,
+    /// Shared with the broker's lease table, which reads their statistics.
+    sockets: Vec<(u32, Arc<OwnedFd>)>,
 }
 
 impl Lease {
@@ -61,10 +64,21 @@ struct Interface {
     queues: BTreeMap<u32, (LeaseId, Peer)>,
 }
 
+/// What the broker remembers of a granted lease, for status and metrics.
+struct LeaseRecord {
+    ifname: String,
+    ifindex: u32,
+    peer: Peer,
+    granted: Instant,
+    sockets: Vec<(u32, Arc<OwnedFd>)>,
+}
+
 #[derive(Default)]
 struct Inner {
     interfaces: HashMap<u32, Interface>,
     next_lease: LeaseId,
+    /// Every granted lease by id (so oldest first).
+    leases: BTreeMap<LeaseId, LeaseRecord>,
 }
 
 /// The broker's shared state.
@@ -156,6 +170,10 @@ impl Broker {
         };
         match create_sockets(iface, req) {
             Ok(sockets) => {
+                let sockets: Vec<(u32, Arc<OwnedFd>)> = sockets
+                    .into_iter()
+                    .map(|(q, fd)| (q, Arc::new(fd)))
+                    .collect();
                 for (q, _) in &sockets {
                     iface.queues.insert(*q, (id, peer));
                 }
@@ -173,6 +191,16 @@ impl Broker {
                         })
                         .collect(),
                 };
+                inner.leases.insert(
+                    id,
+                    LeaseRecord {
+                        ifname: req.ifname.clone(),
+                        ifindex,
+                        peer,
+                        granted: Instant::now(),
+                        sockets: sockets.clone(),
+                    },
+                );
                 let lease = Lease {
                     id,
                     ifname: req.ifname.clone(),
@@ -194,6 +222,7 @@ impl Broker {
     /// sockets, and detach the program if no lease uses the interface any more.
     pub fn release(&self, lease: Lease) {
         let mut inner = self.lock();
+        inner.leases.remove(&lease.id);
         if let Some(iface) = inner.interfaces.get_mut(&lease.ifindex) {
             for (q, _fd) in &lease.sockets {
                 if iface.queues.get(q).map(|(id, _)| *id) == Some(lease.id) {
@@ -214,6 +243,49 @@ impl Broker {
         for ifindex in unused {
             detach_if_unused(&mut inner, ifindex);
         }
+    }
+
+    /// Every lease, oldest first, with each socket's kernel statistics read
+    /// on the broker's own copy of its fd.
+    pub fn lease_status(&self) -> Vec<LeaseStatus> {
+        let inner = self.lock();
+        inner
+            .leases
+            .iter()
+            .map(|(id, rec)| {
+                let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
+                LeaseStatus {
+                    id: *id,
+                    ifname: rec.ifname.clone(),
+                    ifindex: rec.ifindex,
+                    queues: rec.sockets.iter().map(|(q, _)| *q).collect(),
+                    holder: Holder {
+                        pid: rec.peer.pid,
+                        uid: rec.peer.uid,
+                        gid: rec.peer.gid,
+                    },
+                    mode: program.map_or(AttachMode::Skb, |p| p.mode()),
+                    program_id: program.map_or(0, |p| p.attached_id()),
+                    age_ms: u64::try_from(rec.granted.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    sockets: rec
+                        .sockets
+                        .iter()
+                        .map(|(q, fd)| match xdp::xsk_statistics(fd.as_fd()) {
+                            Ok(st) => SocketStatus {
+                                queue_id: *q,
+                                statistics: Some(st),
+                                error: None,
+                            },
+                            Err(e) => SocketStatus {
+                                queue_id: *q,
+                                statistics: None,
+                                error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
+                            },
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     /// Number of interfaces with the program attached and queues leased, for logs and tests.

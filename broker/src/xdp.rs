@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 
 use libxdp_sys as sys;
 use thiserror::Error;
-use xsk_broker_protocol::AttachMode;
+use xsk_broker_protocol::{AttachMode, XdpStatistics};
 
 /// `XDP_FLAGS_UPDATE_IF_NOEXIST` from linux/if_link.h.
 const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1 << 0;
@@ -308,6 +308,50 @@ pub fn create_xsk_socket() -> io::Result<OwnedFd> {
     }
     // SAFETY: fd is a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Read an AF_XDP socket's kernel statistics (`getsockopt(SOL_XDP,
+/// XDP_STATISTICS)`). Works on the broker's copy of a leased socket: the copy
+/// and the client's fd are the same kernel socket, bound or not.
+pub fn xsk_statistics(sock: BorrowedFd<'_>) -> io::Result<XdpStatistics> {
+    let mut st = libc::xdp_statistics {
+        rx_dropped: 0,
+        rx_invalid_descs: 0,
+        tx_invalid_descs: 0,
+        rx_ring_full: 0,
+        rx_fill_ring_empty_descs: 0,
+        tx_ring_empty_descs: 0,
+    };
+    let full = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    let mut len = full;
+    // SAFETY: `st` is a writable xdp_statistics and `len` holds its size; the
+    // kernel writes at most `len` bytes and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            &mut st as *mut libc::xdp_statistics as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len != full {
+        // A kernel older than 5.9 fills only the first three counters.
+        return Err(io::Error::other(format!(
+            "XDP_STATISTICS returned {len} bytes, expected {full} (kernel too old?)"
+        )));
+    }
+    Ok(XdpStatistics {
+        rx_dropped: st.rx_dropped,
+        rx_invalid_descs: st.rx_invalid_descs,
+        tx_invalid_descs: st.tx_invalid_descs,
+        rx_ring_full: st.rx_ring_full,
+        rx_fill_ring_empty_descs: st.rx_fill_ring_empty_descs,
+        tx_ring_empty_descs: st.tx_ring_empty_descs,
+    })
 }
 
 /// Queue counts of a device.

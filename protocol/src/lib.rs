@@ -20,6 +20,9 @@
 //! [`Response::Opened`] plus one AF_XDP socket fd per queue, in queue order.
 //! The lease ends when the connection closes (for any reason) or on
 //! [`Request::Release`].
+//! [`Request::Status`] (after hello, with or without a lease) is answered by
+//! [`Response::Status`]: every lease the broker holds and its sockets'
+//! kernel statistics.
 //!
 //! ```
 //! use xsk_broker_protocol::{decode_request, encode_body, Request, OpenRequest, XdpMode, CopyMode};
@@ -44,8 +47,9 @@ pub mod transport;
 pub use frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS, MAX_MESSAGE_LEN};
 pub use message::{
     decode_request, decode_response, encode_body, AttachMode, CopyMode, DecodeError, ErrorCode,
-    ErrorReply, Hello, HelloReply, OpenRequest, Opened, Request, Response, SocketInfo, XdpMode,
-    MAX_IFNAME_LEN, MAX_QUEUES,
+    ErrorReply, Hello, HelloReply, Holder, LeaseStatus, OpenRequest, Opened, Request, Response,
+    SocketInfo, SocketStatus, StatusReply, StatusRequest, XdpMode, XdpStatistics, MAX_IFNAME_LEN,
+    MAX_QUEUES,
 };
 pub use transport::{Channel, Received, TransportError};
 

@@ -162,6 +162,12 @@ pub fn validate_ifname(name: &str) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// Ask for the broker's leases ([`Request::Status`]). It has no fields
+/// today; unknown ones are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {}
+
 /// A request from client to broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -172,11 +178,15 @@ pub enum Request {
     Open(OpenRequest),
     /// End this connection's lease and keep the connection.
     Release,
+    /// Ask for every lease the broker holds and its sockets' statistics
+    /// (answered by [`Response::Status`]). Needs no lease of its own; today
+    /// anyone who can connect to the control socket may ask.
+    Status(StatusRequest),
 }
 
 impl Request {
     /// The `op` names this version understands.
-    pub const OPS: &'static [&'static str] = &["hello", "open", "release"];
+    pub const OPS: &'static [&'static str] = &["hello", "open", "release", "status"];
 }
 
 /// Broker's answer to [`Request::Hello`].
@@ -216,6 +226,95 @@ pub struct Opened {
     pub copy: CopyMode,
     /// Sockets in queue order.
     pub sockets: Vec<SocketInfo>,
+}
+
+/// The kernel's counters of one AF_XDP socket (`getsockopt(SOL_XDP,
+/// XDP_STATISTICS)`, `struct xdp_statistics`). They count since the socket
+/// was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpStatistics {
+    /// Frames dropped for reasons other than invalid descriptors (no fill-ring
+    /// frame available, frame too long for a umem chunk).
+    pub rx_dropped: u64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors on the tx ring.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the rx ring was full.
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel found the tx ring empty.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// The process holding a lease, from `SO_PEERCRED` of its control connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holder {
+    /// Process id (in the broker's pid namespace; -1 if unknown).
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// One leased socket in a [`StatusReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketStatus {
+    /// Queue id the socket is in the XSKMAP for.
+    pub queue_id: u32,
+    /// The socket's kernel statistics, read on the broker's copy of the fd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<XdpStatistics>,
+    /// Why the statistics could not be read, if they could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One lease in a [`StatusReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseStatus {
+    /// The broker's id for the lease (unique while the broker runs).
+    pub id: u64,
+    /// Interface name.
+    pub ifname: String,
+    /// Interface index, in the broker's network namespace.
+    pub ifindex: u32,
+    /// Queue ids held, in order.
+    pub queues: Vec<u32>,
+    /// Who holds the lease.
+    pub holder: Holder,
+    /// XDP mode the program is attached in.
+    pub mode: AttachMode,
+    /// Id of the XDP program attached to the interface (0 if it could not be read).
+    pub program_id: u32,
+    /// Milliseconds since the lease was granted.
+    pub age_ms: u64,
+    /// The lease's sockets, in queue order.
+    pub sockets: Vec<SocketStatus>,
+}
+
+/// Broker's answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReply {
+    /// Broker name and version, e.g. `xsk-brokerd/0.1.0`.
+    pub server: String,
+    /// The broker's process id.
+    pub pid: u32,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
+    /// Every lease, oldest first.
+    pub leases: Vec<LeaseStatus>,
+    /// Leases left out because the reply would exceed the message size
+    /// limit (the newest are left out first). Normally 0.
+    #[serde(default)]
+    pub omitted_leases: u32,
 }
 
 /// Stable error codes.
@@ -300,6 +399,8 @@ pub enum Response {
         /// Queue ids freed.
         queues: Vec<u32>,
     },
+    /// Answer to status: every lease and its sockets' statistics.
+    Status(StatusReply),
     /// Any failure.
     Error(ErrorReply),
 }
@@ -314,7 +415,7 @@ pub enum DecodeError {
     #[error("message has no \"op\" string field")]
     NoOp,
     /// `op` names no operation this version knows.
-    #[error("unknown operation {0:?} (this broker knows: hello, open, release)")]
+    #[error("unknown operation {0:?} (this broker knows: hello, open, release, status)")]
     UnknownOp(String),
     /// The operation is known but its fields are wrong.
     #[error("invalid {op:?} message: {reason}")]
@@ -365,7 +466,7 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
 
 /// Decode a response body. Never panics, whatever the bytes.
 pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
-    decode_tagged(body, &["hello", "opened", "released", "error"])
+    decode_tagged(body, &["hello", "opened", "released", "status", "error"])
 }
 
 /// Encode a message body, refusing bodies over the size limit.
@@ -495,5 +596,68 @@ mod tests {
         );
         let body = encode_body(&Request::Release).unwrap();
         assert_eq!(body, br#"{"op":"release"}"#);
+    }
+
+    #[test]
+    fn status_roundtrip_and_rejects() {
+        assert_eq!(
+            decode_request(br#"{"op":"status"}"#).unwrap(),
+            Request::Status(StatusRequest {})
+        );
+        assert_eq!(
+            encode_body(&Request::Status(StatusRequest {})).unwrap(),
+            br#"{"op":"status"}"#
+        );
+        assert!(matches!(
+            decode_request(br#"{"op":"status","verbose":true}"#),
+            Err(DecodeError::Invalid { .. })
+        ));
+        let status = Response::Status(StatusReply {
+            server: "xsk-brokerd/0.1.0".into(),
+            pid: 42,
+            uptime_ms: 1500,
+            leases: vec![LeaseStatus {
+                id: 3,
+                ifname: "veth0".into(),
+                ifindex: 7,
+                queues: vec![0, 1],
+                holder: Holder {
+                    pid: 100,
+                    uid: 65534,
+                    gid: 65534,
+                },
+                mode: AttachMode::Native,
+                program_id: 9,
+                age_ms: 20,
+                sockets: vec![
+                    SocketStatus {
+                        queue_id: 0,
+                        statistics: Some(XdpStatistics {
+                            rx_dropped: 5,
+                            ..Default::default()
+                        }),
+                        error: None,
+                    },
+                    SocketStatus {
+                        queue_id: 1,
+                        statistics: None,
+                        error: Some("EBADF".into()),
+                    },
+                ],
+            }],
+            omitted_leases: 0,
+        });
+        let body = encode_body(&status).unwrap();
+        assert_eq!(decode_response(&body).unwrap(), status);
+        // A statistics object with a field this version does not know is refused.
+        let bad = br#"{"op":"status","server":"s","pid":1,"uptime_ms":0,"leases":[{"id":0,
+            "ifname":"a","ifindex":1,"queues":[0],"holder":{"pid":1,"uid":0,"gid":0},
+            "mode":"skb","program_id":1,"age_ms":0,"sockets":[{"queue_id":0,
+            "statistics":{"rx_dropped":0,"rx_invalid_descs":0,"tx_invalid_descs":0,
+            "rx_ring_full":0,"rx_fill_ring_empty_descs":0,"tx_ring_empty_descs":0,"x":1}}]}]}"#;
+        assert!(matches!(
+            decode_response(bad),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 }

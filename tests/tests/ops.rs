@@ -1,0 +1,289 @@
+//! Operations: what an operator sees of a running broker. `xsk-brokerctl
+//! status` against a live broker with traffic flowing.
+//!
+//! Same rules as e2e.rs: real namespaces, veth pairs, XDP programs and
+//! processes; unique names; RAII cleanup; one test at a time.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xsk_client::{BrokerClient, OpenRequest, SocketConfig};
+use xsk_testbed::{
+    nobody_ids, require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip,
+    workspace_bin, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
+};
+
+const READY: Duration = Duration::from_secs(15);
+
+/// A test bed with a broker. Fields drop in order: broker before namespaces.
+struct Env {
+    broker: BrokerProcess,
+    tb: Testbed,
+    _dir: TempDir,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+fn setup(test: &str, queues: u32) -> Option<Env> {
+    if !require_root(test) {
+        return None;
+    }
+    let lock = serial_guard().expect("e2e lock");
+    let tb = Testbed::new(queues).expect("building the veth test bed");
+    let dir = TempDir::new("xsk-ops").expect("temp dir");
+    let broker = BrokerProcess::spawn(&tb.xsk, dir.path()).expect("starting xsk-brokerd");
+    Some(Env {
+        broker,
+        tb,
+        _dir: dir,
+        _lock: lock,
+    })
+}
+
+/// Run `xsk-brokerctl --socket SOCKET ARGS...` as uid nobody with no
+/// capabilities (reading status needs none) and return its stdout; fails on
+/// a non-zero exit, with its stderr.
+fn brokerctl(env: &Env, args: &[&str]) -> String {
+    let mut cmd = Command::new(workspace_bin("xsk-brokerctl").unwrap());
+    cmd.arg("--socket")
+        .arg(env.broker.socket_path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_unprivileged(&mut cmd)
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xsk-brokerctl {args:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status_json(env: &Env) -> Value {
+    let out = brokerctl(env, &["status", "--json"]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const STAT_NAMES: [&str; 6] = [
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+];
+
+/// An unprivileged echo client holds two queues and traffic flows; status,
+/// asked by another unprivileged process that holds no lease, names the
+/// lease, its holder, mode, program, queues and age, and reports for each
+/// socket the same XDP_STATISTICS the client reads on its own fd.
+#[test]
+fn status_shows_leases_holders_and_statistics_with_traffic() {
+    let Some(env) = setup("status_shows_leases_holders_and_statistics_with_traffic", 2) else {
+        return;
+    };
+    let empty = status_json(&env);
+    assert_eq!(empty["leases"], serde_json::json!([]), "{empty}");
+    assert_eq!(empty["pid"], env.broker.pid(), "{empty}");
+    assert!(
+        empty["server"]
+            .as_str()
+            .unwrap()
+            .starts_with("xsk-brokerd/"),
+        "{empty}"
+    );
+
+    let started = Instant::now();
+    let frames = TEST_FRAMES.to_string();
+    let mut c = ClientProcess::spawn(
+        "echo",
+        env.broker.socket_path(),
+        &[
+            "--ifname",
+            &env.tb.xsk_if,
+            "--queues",
+            "2",
+            "--frames",
+            &frames,
+        ],
+        None,
+    )
+    .unwrap();
+    let ready = c.wait_event("ready", READY).unwrap();
+    udp_roundtrip(&env.tb, 32, 8, Duration::from_secs(5))
+        .unwrap()
+        .verify()
+        .unwrap();
+
+    let st = status_json(&env);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let leases = st["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{st:#}");
+    let l = &leases[0];
+    let (nobody, nogroup) = nobody_ids().unwrap();
+    assert_eq!(l["ifname"], env.tb.xsk_if.as_str());
+    assert_eq!(l["ifindex"], env.tb.xsk_ifindex);
+    assert_eq!(l["queues"], serde_json::json!([0, 1]));
+    assert_eq!(l["holder"]["pid"], c.pid(), "the holder is the echo client");
+    assert_eq!(l["holder"]["uid"], nobody.as_raw());
+    assert_eq!(l["holder"]["gid"], nogroup.as_raw());
+    assert_eq!(l["mode"], ready["mode"]);
+    let prog = env.tb.xdp_prog_id().unwrap().expect("XDP program attached");
+    assert_eq!(l["program_id"], prog);
+    let age = l["age_ms"].as_u64().unwrap();
+    assert!(
+        age > 0 && age <= elapsed_ms,
+        "age {age} ms, test ran {elapsed_ms} ms"
+    );
+    assert!(st["uptime_ms"].as_u64().unwrap() >= age);
+    let socks = l["sockets"].as_array().unwrap();
+    assert_eq!(socks.len(), 2, "{l:#}");
+
+    // The human table shows the same lease.
+    let table = brokerctl(&env, &["status"]);
+    assert!(table.contains("1 lease(s), 2 queue(s)"), "{table}");
+    let row = table
+        .lines()
+        .find(|r| r.contains(&format!(" {} ", c.pid())))
+        .unwrap_or_else(|| panic!("no row with the client's pid:\n{table}"));
+    for cell in [
+        env.tb.xsk_if.clone(),
+        "0-1".to_owned(),
+        prog.to_string(),
+        nobody.as_raw().to_string(),
+    ] {
+        assert!(row.contains(&cell), "{cell:?} missing from {row:?}");
+    }
+    for header in [
+        "RX_DROPPED",
+        "RX_FILL_RING_EMPTY_DESCS",
+        "TX_RING_EMPTY_DESCS",
+    ] {
+        assert!(table.contains(header), "{header} missing:\n{table}");
+    }
+
+    // The traffic has stopped, so the rx counters are still: the client's own
+    // reading of each socket at exit equals what the broker reported. The
+    // client's last tx kicks at exit may still count tx_ring_empty_descs, so
+    // that one may only have grown; it is not 0, since the echoes were sent.
+    let (done, status) = c.stop().unwrap();
+    assert!(status.success(), "{status}");
+    for q in done["queues"].as_array().unwrap() {
+        let qid = q["queue_id"].as_u64().unwrap();
+        assert!(
+            q["counters"]["rx_packets"].as_u64().unwrap() > 0,
+            "queue {qid} carried no traffic: {q}"
+        );
+        let s = socks
+            .iter()
+            .find(|s| s["queue_id"] == qid)
+            .unwrap_or_else(|| panic!("queue {qid} not in status: {l:#}"));
+        for name in STAT_NAMES {
+            let broker = s["statistics"][name].as_u64().unwrap();
+            let own = q["xdp_statistics"][name].as_u64().unwrap();
+            if name == "tx_ring_empty_descs" {
+                assert!(
+                    broker > 0 && broker <= own,
+                    "queue {qid} {name}: {s} vs {q}"
+                );
+            } else {
+                assert_eq!(broker, own, "queue {qid} {name}: broker {s} client {q}");
+            }
+        }
+    }
+
+    // Once the client is gone, so is its lease.
+    wait_until("the lease to leave the status", READY, || {
+        status_json(&env)["leases"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+/// A socket whose holder does not read it drops what the fill ring cannot
+/// take; status shows those drops, and they are the socket's own counters.
+#[test]
+fn status_counts_drops_of_a_socket_that_is_not_read() {
+    let Some(env) = setup("status_counts_drops_of_a_socket_that_is_not_read", 1) else {
+        return;
+    };
+    let mut lease = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(env.tb.xsk_if.clone(), 1))
+        .unwrap();
+    // 64 frames: rings of 16, so at most 16 frames are ever on the fill ring.
+    let socks = lease
+        .adopt_all(&SocketConfig::with_frame_count(64))
+        .unwrap();
+    const N: u32 = 200;
+    send_udp(&env.tb, 1, N, |_, seq| {
+        format!("drop me {seq}").into_bytes()
+    })
+    .unwrap();
+    let own = wait_until("the kernel to count the drops", READY, || {
+        let s = socks[0].statistics().unwrap();
+        (s.rx_dropped >= u64::from(N) - 16).then_some(s)
+    });
+    let st = status_json(&env);
+    let l = &st["leases"][0];
+    assert_eq!(l["holder"]["pid"], std::process::id(), "{st:#}");
+    let s = &l["sockets"][0];
+    assert_eq!(s["queue_id"], 0);
+    let want = serde_json::to_value(own).unwrap();
+    for name in STAT_NAMES {
+        assert_eq!(s["statistics"][name], want[name], "{name}: {s} vs {want}");
+    }
+    assert!(
+        s["statistics"]["rx_fill_ring_empty_descs"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let table = brokerctl(&env, &["status"]);
+    assert!(
+        table.contains(&own.rx_dropped.to_string()),
+        "rx_dropped {} not in:\n{table}",
+        own.rx_dropped
+    );
+    drop(socks);
+    drop(lease);
+}
+
+/// Clear errors: no broker at the path, named.
+#[test]
+fn brokerctl_names_a_socket_it_cannot_reach() {
+    let dir = TempDir::new("xsk-ctl").unwrap();
+    let path = dir.join("nobody-listens.sock");
+    let out = Command::new(workspace_bin("xsk-brokerctl").unwrap())
+        .args(["status", "--socket"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot connect to the broker's control socket {}",
+            path.display()
+        )),
+        "{err}"
+    );
+}
