@@ -18,10 +18,19 @@ pub const BROKER_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Find a binary of this workspace next to the running executable: the test executable is
 /// `target/PROFILE/deps/NAME-HASH` and the demo `target/PROFILE/xsk-demo`, so
-/// `target/PROFILE/NAME` is looked for in the executable's directory and its two parents.
+/// `target/PROFILE/NAME` is looked for in the executable's directory and its two parents,
+/// and then `target/PROFILE/examples/NAME` (examples such as `xsk-udp-bridge`, which
+/// `cargo test` builds too).
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("current_exe()")?;
-    let dirs: Vec<&Path> = exe.ancestors().skip(1).take(3).collect();
+    let mut dirs: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(Path::to_path_buf)
+        .collect();
+    let examples: Vec<PathBuf> = dirs.iter().map(|d| d.join("examples")).collect();
+    dirs.extend(examples);
     for d in &dirs {
         let p = d.join(name);
         if p.is_file() {
