@@ -36,10 +36,77 @@ struct Args {
     #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode)]
     socket_mode: u32,
 
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-    /// The XSK_BROKER_LOG environment variable is used when this is not given.
-    #[arg(long, value_name = "FILTER")]
+    /// Log filter: error, warn, info, debug, trace, or tracing directives
+    /// such as `info,xsk_brokerd::server=debug`. When not given, the
+    /// XSK_BROKER_LOG environment variable is used, else `info`.
+    #[arg(long, value_name = "FILTER", value_parser = parse_filter)]
     log_level: Option<String>,
+
+    /// Log format on standard error: `human` (one readable line per event)
+    /// or `json` (one JSON object per line, for log collectors; grants,
+    /// refusals and releases carry `event`, `pid`, `uid`, `gid`, `ifname`
+    /// and `queues` fields).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    /// Directory on a bpffs where XSKMAPs are pinned for clients that ask
+    /// for a pin (`open_map` with `pin: true`, QEMU's `map-path=`). Created
+    /// (mode 0711) if missing; its parent must be on a bpf filesystem. Each
+    /// pin is owned by the requesting uid with mode 0600 and removed when
+    /// the lease ends. Needs CAP_CHOWN, which the broker then keeps.
+    #[arg(long, value_name = "DIR")]
+    bpffs_dir: Option<PathBuf>,
+}
+
+/// Check that `dir` is (or can be made) a directory on a bpffs, and make it
+/// mode 0711: clients may open pins by name but not list them.
+fn prepare_bpffs_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let probe = if dir.exists() {
+        dir
+    } else {
+        parent.unwrap_or(Path::new("."))
+    };
+    let on_bpffs = xdp::is_bpffs(probe)
+        .with_context(|| format!("--bpffs-dir: inspecting {}", probe.display()))?;
+    if !on_bpffs {
+        bail!(
+            "--bpffs-dir {}: {} is not on a bpf filesystem; mount one first \
+             (`mount -t bpf bpf /sys/fs/bpf`) or choose a directory under one",
+            dir.display(),
+            probe.display()
+        );
+    }
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(dir)
+            .with_context(|| format!("--bpffs-dir: creating {}", dir.display()))?;
+    } else if !dir.is_dir() {
+        bail!(
+            "--bpffs-dir {} exists and is not a directory",
+            dir.display()
+        );
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("--bpffs-dir: chmod 0711 {}", dir.display()))?;
+    Ok(())
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Readable lines (colored when standard error is a terminal).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a log filter ({e}); use e.g. info or debug"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -51,18 +118,36 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-fn init_logging(level: Option<&str>) {
-    let filter = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("XSK_BROKER_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<()> {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l)
+            .map_err(|e| anyhow::anyhow!("--log-level {l:?} is not a log filter ({e})"))?,
+        None => match std::env::var("XSK_BROKER_LOG") {
+            Ok(env) if !env.is_empty() => {
+                tracing_subscriber::EnvFilter::try_new(&env).map_err(|e| {
+                    anyhow::anyhow!(
+                        "XSK_BROKER_LOG={env:?} is not a log filter ({e}); use e.g. info or debug"
+                    )
+                })?
+            }
+            _ => tracing_subscriber::EnvFilter::new("info"),
+        },
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    Ok(())
 }
 
 /// Bind the control socket, replacing a stale socket file but never a live
@@ -106,8 +191,17 @@ fn run(args: Args) -> Result<()> {
     stop.thread_block().context("blocking SIGTERM/SIGINT")?;
 
     let permitted = privs::check()?;
+    if let Some(dir) = &args.bpffs_dir {
+        if !permitted.contains(&caps::Capability::CAP_CHOWN) {
+            bail!(
+                "--bpffs-dir needs CAP_CHOWN (to give each map pin to the uid that asked for \
+                 it); grant it or run without --bpffs-dir"
+            );
+        }
+        prepare_bpffs_dir(dir)?;
+    }
     let listener = bind_socket(&args.socket, args.socket_mode)?;
-    let kept = match privs::drop_unneeded(&permitted) {
+    let kept = match privs::drop_unneeded(&permitted, args.bpffs_dir.is_some()) {
         Ok(k) => k,
         Err(e) => {
             let _ = std::fs::remove_file(&args.socket);
@@ -121,16 +215,19 @@ fn run(args: Args) -> Result<()> {
         capabilities = %kept.join(","), "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
     );
 
-    let broker = Arc::new(state::Broker::default());
+    let broker = Arc::new(state::Broker::with_bpffs_dir(args.bpffs_dir.clone()));
     let socket_path = args.socket.clone();
     let waiter_broker = Arc::clone(&broker);
     std::thread::Builder::new()
         .name("xsk-signals".into())
         .spawn(move || {
-            let sig = stop.wait();
+            let sig = match stop.wait() {
+                Ok(s) => s.as_str(),
+                Err(_) => "a stop signal",
+            };
             let (ifaces, queues) = waiter_broker.summary();
             info!(
-                "stopping on {sig:?}: {queues} queue(s) on {ifaces} interface(s) still leased; \
+                "stopping on {sig}: {queues} queue(s) on {ifaces} interface(s) still leased; \
                  their sockets stay with their holders"
             );
             let _ = std::fs::remove_file(&socket_path);
@@ -143,7 +240,10 @@ fn run(args: Args) -> Result<()> {
 
 fn main() {
     let args = Args::parse();
-    init_logging(args.log_level.as_deref());
+    if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
+        eprintln!("xsk-brokerd: {e:#}");
+        std::process::exit(1);
+    }
     if let Err(e) = run(args) {
         eprintln!("xsk-brokerd: {e:#}");
         std::process::exit(1);

@@ -13,8 +13,12 @@ const NEEDED: &[(Capability, &str)] = &[
 ];
 
 /// Capabilities kept after start; everything else is dropped from every set.
-pub fn keep_set(permitted: &CapsHashSet) -> CapsHashSet {
+/// `pins` keeps CAP_CHOWN, to give map pins to the requesting uid.
+pub fn keep_set(permitted: &CapsHashSet, pins: bool) -> CapsHashSet {
     let mut keep: CapsHashSet = NEEDED.iter().map(|(c, _)| *c).collect();
+    if pins {
+        keep.insert(Capability::CAP_CHOWN);
+    }
     // Loading the program and its map: CAP_BPF, or CAP_SYS_ADMIN on kernels
     // or setups without CAP_BPF. CAP_SYS_ADMIN is dropped when CAP_BPF is held.
     if permitted.contains(&Capability::CAP_BPF) {
@@ -50,8 +54,8 @@ pub fn check() -> Result<CapsHashSet> {
 
 /// Drop everything not needed from the effective, permitted, inheritable,
 /// ambient and bounding sets, and set no_new_privs. Returns what was kept.
-pub fn drop_unneeded(permitted: &CapsHashSet) -> Result<CapsHashSet> {
-    let keep = keep_set(permitted);
+pub fn drop_unneeded(permitted: &CapsHashSet, pins: bool) -> Result<CapsHashSet> {
+    let keep = keep_set(permitted, pins);
     // The bounding set needs CAP_SETPCAP to shrink; do it first while we may
     // still hold it. Without CAP_SETPCAP the bounding set stays as it is, which
     // matters little once permitted is reduced and no_new_privs is set.

@@ -164,9 +164,9 @@ impl Connection {
                 match self.broker.open(&req, p) {
                     Ok((lease, opened)) => {
                         info!(
-                            pid = p.pid, uid = p.uid, gid = p.gid, ifname = %opened.ifname,
-                            queues = ?lease.queues(), mode = %opened.mode,
-                            program_id = opened.program_id, "granted"
+                            event = "grant", pid = p.pid, uid = p.uid, gid = p.gid,
+                            ifname = %opened.ifname, queues = ?lease.queues(),
+                            mode = %opened.mode, program_id = opened.program_id, "granted"
                         );
                         let fds = lease.fds();
                         let sent = self.send(&Response::Opened(opened), &fds);
@@ -175,7 +175,10 @@ impl Connection {
                         sent
                     }
                     Err(e) => {
-                        info!(pid = p.pid, uid = p.uid, ifname = %req.ifname, code = %e.code, "refused: {}", e.message);
+                        info!(
+                            event = "refuse", pid = p.pid, uid = p.uid, gid = p.gid,
+                            ifname = %req.ifname, code = %e.code, "refused: {}", e.message
+                        );
                         self.reply_error(e);
                         true
                     }
@@ -185,6 +188,42 @@ impl Connection {
                 let queues = self.lease.as_ref().map(|l| l.queues()).unwrap_or_default();
                 self.end_lease("released by the client");
                 self.send(&Response::Released { queues }, &[])
+            }
+            Request::OpenMap(req) => {
+                if let Some(lease) = &self.lease {
+                    self.reply_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "this connection already holds a lease on {}; release it or open \
+                             another connection",
+                            lease.describe()
+                        ),
+                    ));
+                    return true;
+                }
+                let p = self.peer;
+                match self.broker.open_map(&req, p) {
+                    Ok((lease, opened, map_fd)) => {
+                        info!(
+                            event = "grant", pid = p.pid, uid = p.uid, gid = p.gid,
+                            ifname = %opened.ifname, queues = ?lease.queues(),
+                            mode = %opened.mode, program_id = opened.program_id,
+                            pin = opened.pin_path.as_deref().unwrap_or("-"), "granted the XSKMAP"
+                        );
+                        let sent = self.send(&Response::MapOpened(opened), &[map_fd.as_fd()]);
+                        drop(map_fd);
+                        self.lease = Some(lease);
+                        sent
+                    }
+                    Err(e) => {
+                        info!(
+                            event = "refuse", pid = p.pid, uid = p.uid, gid = p.gid,
+                            ifname = %req.ifname, code = %e.code, "refused: {}", e.message
+                        );
+                        self.reply_error(e);
+                        true
+                    }
+                }
             }
             Request::Status(_) => {
                 debug!(pid = self.peer.pid, uid = self.peer.uid, "status requested");
@@ -197,7 +236,10 @@ impl Connection {
     fn end_lease(&mut self, why: &str) {
         if let Some(lease) = self.lease.take() {
             let p = self.peer;
-            info!(pid = p.pid, uid = p.uid, gid = p.gid, lease = %lease.describe(), "released: {why}");
+            info!(
+                event = "release", pid = p.pid, uid = p.uid, gid = p.gid,
+                ifname = %lease.ifname(), queues = ?lease.queues(), "released: {why}"
+            );
             self.broker.release(lease);
         }
     }

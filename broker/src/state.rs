@@ -4,13 +4,14 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tracing::{info, warn};
 use xsk_broker_protocol::{
-    AttachMode, CopyMode, ErrorCode, ErrorReply, Holder, LeaseStatus, OpenRequest, Opened,
-    SocketInfo, SocketStatus, XdpMode,
+    AttachMode, CopyMode, ErrorCode, ErrorReply, Holder, LeaseStatus, MapOpened, OpenMapRequest,
+    OpenRequest, Opened, SocketInfo, SocketStatus, XdpMode,
 };
 
 use crate::xdp::{self, XskProgram};
@@ -38,6 +39,15 @@ pub struct Lease {
     ifindex: u32,
     /// Shared with the broker's lease table, which reads their statistics.
     sockets: Vec<(u32, Arc<OwnedFd>)>,
+    /// For a map lease (`open_map`): its queues and pin.
+    map: Option<MapGrant>,
+}
+
+/// What a map lease holds besides its queues: the pin to remove at the end.
+#[derive(Debug)]
+struct MapGrant {
+    queues: Vec<u32>,
+    pin: Option<PathBuf>,
 }
 
 impl Lease {
@@ -48,7 +58,16 @@ impl Lease {
 
     /// Queue ids held.
     pub fn queues(&self) -> Vec<u32> {
-        self.sockets.iter().map(|(q, _)| *q).collect()
+        let mut q: Vec<u32> = self.sockets.iter().map(|(q, _)| *q).collect();
+        if let Some(m) = &self.map {
+            q.extend(&m.queues);
+        }
+        q
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
     }
 
     /// A short description for messages.
@@ -71,6 +90,8 @@ struct LeaseRecord {
     peer: Peer,
     granted: Instant,
     sockets: Vec<(u32, Arc<OwnedFd>)>,
+    /// Queues of a map lease (which has no sockets of the broker's).
+    map_queues: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -85,6 +106,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Broker {
     inner: Mutex<Inner>,
+    /// Where map pins go (`--bpffs-dir`), if anywhere.
+    bpffs_dir: Option<PathBuf>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
@@ -199,6 +222,7 @@ impl Broker {
                         peer,
                         granted: Instant::now(),
                         sockets: sockets.clone(),
+                        map_queues: Vec::new(),
                     },
                 );
                 let lease = Lease {
@@ -206,6 +230,7 @@ impl Broker {
                     ifname: req.ifname.clone(),
                     ifindex,
                     sockets,
+                    map: None,
                 };
                 Ok((lease, opened))
             }
@@ -224,13 +249,18 @@ impl Broker {
         let mut inner = self.lock();
         inner.leases.remove(&lease.id);
         if let Some(iface) = inner.interfaces.get_mut(&lease.ifindex) {
-            for (q, _fd) in &lease.sockets {
+            for q in &lease.queues() {
                 if iface.queues.get(q).map(|(id, _)| *id) == Some(lease.id) {
                     iface.queues.remove(q);
                     if let Err(e) = iface.program.remove(*q) {
                         warn!("{e}");
                     }
                 }
+            }
+        }
+        if let Some(pin) = lease.map.as_ref().and_then(|m| m.pin.as_ref()) {
+            if let Err(e) = std::fs::remove_file(pin) {
+                warn!("cannot remove the map pin {}: {e}", pin.display());
             }
         }
         drop(lease);
@@ -258,7 +288,12 @@ impl Broker {
                     id: *id,
                     ifname: rec.ifname.clone(),
                     ifindex: rec.ifindex,
-                    queues: rec.sockets.iter().map(|(q, _)| *q).collect(),
+                    queues: rec
+                        .sockets
+                        .iter()
+                        .map(|(q, _)| *q)
+                        .chain(rec.map_queues.iter().copied())
+                        .collect(),
                     holder: Holder {
                         pid: rec.peer.pid,
                         uid: rec.peer.uid,
@@ -288,12 +323,216 @@ impl Broker {
             .collect()
     }
 
+    /// A broker that pins maps under `dir` (a directory it owns on a bpffs)
+    /// when a client asks for a pin.
+    pub fn with_bpffs_dir(dir: Option<PathBuf>) -> Broker {
+        Broker {
+            bpffs_dir: dir,
+            ..Broker::default()
+        }
+    }
+
+    /// Grant a map lease (the map-path flow): check and reserve the queues
+    /// exactly as [`Broker::open`] does, attach the program if needed, and
+    /// return a duplicate of the XSKMAP fd, pinned (owned by the peer's uid,
+    /// mode 0600) if asked. The client inserts its own sockets; the broker
+    /// clears those entries when the lease ends. On failure nothing is left
+    /// behind (no pin, reservation or program of this request).
+    pub fn open_map(
+        &self,
+        mreq: &OpenMapRequest,
+        peer: Peer,
+    ) -> Result<(Lease, MapOpened, OwnedFd), ErrorReply> {
+        mreq.validate()?;
+        let req = mreq.as_open();
+        if mreq.pin && self.bpffs_dir.is_none() {
+            return Err(err(
+                ErrorCode::NotPermitted,
+                "this broker pins no maps: it was started without --bpffs-dir; ask for the \
+                 map fd only (pin: false), or start xsk-brokerd with --bpffs-dir DIR on a \
+                 bpffs mount (e.g. /sys/fs/bpf/xsk-broker)",
+            ));
+        }
+        let (ifindex, counts) = check_queues(&req)?;
+        let mut inner = self.lock();
+        if let Some(iface) = inner.interfaces.get(&ifindex) {
+            check_free(iface, &req)?;
+            check_mode(&req, iface.program.mode())?;
+        }
+        let id = inner.next_lease;
+        inner.next_lease += 1;
+        let newly_attached = !inner.interfaces.contains_key(&ifindex);
+        if newly_attached {
+            let program = attach(&req, ifindex, counts.max)?;
+            info!(
+                ifname = %req.ifname, ifindex, mode = %program.mode(),
+                program_id = program.attached_id(), "attached the XSK program"
+            );
+            inner.interfaces.insert(
+                ifindex,
+                Interface {
+                    name: req.ifname.clone(),
+                    program,
+                    queues: BTreeMap::new(),
+                },
+            );
+        }
+        let iface = inner
+            .interfaces
+            .get_mut(&ifindex)
+            .expect("present: found or inserted just above");
+        let granted = (|| {
+            let fd = iface.program.map_fd_dup().map_err(|e| {
+                err(
+                    ErrorCode::Internal,
+                    format!("cannot duplicate the XSKMAP fd of {}: {e}", req.ifname),
+                )
+            })?;
+            let pin = match (&self.bpffs_dir, mreq.pin) {
+                (Some(dir), true) => Some(pin_map(&fd, dir, &req.ifname, id, peer)?),
+                _ => None,
+            };
+            Ok((fd, pin))
+        })();
+        let (fd, pin) = match granted {
+            Ok(g) => g,
+            Err(e) => {
+                if newly_attached {
+                    detach_if_unused(&mut inner, ifindex);
+                }
+                return Err(e);
+            }
+        };
+        let queues: Vec<u32> = req.queue_ids().collect();
+        for q in &queues {
+            iface.queues.insert(*q, (id, peer));
+        }
+        let opened = MapOpened {
+            ifname: req.ifname.clone(),
+            ifindex,
+            mode: iface.program.mode(),
+            program_id: iface.program.attached_id(),
+            start_queue: req.start_queue,
+            queues: req.queues,
+            pin_path: pin.as_ref().map(|p| p.display().to_string()),
+        };
+        inner.leases.insert(
+            id,
+            LeaseRecord {
+                ifname: req.ifname.clone(),
+                ifindex,
+                peer,
+                granted: Instant::now(),
+                sockets: Vec::new(),
+                map_queues: queues.clone(),
+            },
+        );
+        let lease = Lease {
+            id,
+            ifname: req.ifname.clone(),
+            ifindex,
+            sockets: Vec::new(),
+            map: Some(MapGrant { queues, pin }),
+        };
+        Ok((lease, opened, fd))
+    }
+
     /// Number of interfaces with the program attached and queues leased, for logs and tests.
     pub fn summary(&self) -> (usize, usize) {
         let inner = self.lock();
         let queues = inner.interfaces.values().map(|i| i.queues.len()).sum();
         (inner.interfaces.len(), queues)
     }
+}
+
+/// The interface's index and queue counts, with the asked-for queues checked
+/// against the device (as [`Broker::open`] does).
+fn check_queues(req: &OpenRequest) -> Result<(u32, xdp::QueueCounts), ErrorReply> {
+    let ifindex = nix::net::if_::if_nametoindex(req.ifname.as_str()).map_err(|e| {
+        err(
+            ErrorCode::NoSuchInterface,
+            format!(
+                "interface {:?} not found in the broker's network namespace ({e}); \
+                 check the name with `ip link`",
+                req.ifname
+            ),
+        )
+    })?;
+    let counts = xdp::queue_counts(&req.ifname).map_err(|e| {
+        err(
+            ErrorCode::Internal,
+            format!("cannot read the queue count of {}: {e}", req.ifname),
+        )
+    })?;
+    let last = req.start_queue + req.queues - 1;
+    if last >= counts.current {
+        return Err(err(
+            ErrorCode::QueueOutOfRange,
+            format!(
+                "{} has {} rx queue(s) (ids 0..={}); queues {}..={} were asked for",
+                req.ifname,
+                counts.current,
+                counts.current - 1,
+                req.start_queue,
+                last
+            ),
+        ));
+    }
+    Ok((ifindex, counts))
+}
+
+/// Refuse if any asked-for queue is held by another lease.
+fn check_free(iface: &Interface, req: &OpenRequest) -> Result<(), ErrorReply> {
+    for q in req.queue_ids() {
+        if let Some((_, holder)) = iface.queues.get(&q) {
+            return Err(err(
+                ErrorCode::QueueBusy,
+                format!(
+                    "queue {q} of {} is leased by pid {} (uid {}); \
+                     ask for other queues or wait for its release",
+                    req.ifname, holder.pid, holder.uid
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pin `fd` as `DIR/IFNAME-lease-ID`, owned by the peer's uid and gid with
+/// mode 0600. On failure no pin is left.
+fn pin_map(
+    fd: &OwnedFd,
+    dir: &Path,
+    ifname: &str,
+    id: LeaseId,
+    peer: Peer,
+) -> Result<PathBuf, ErrorReply> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("{ifname}-lease-{id}"));
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        err(
+            ErrorCode::Internal,
+            format!("cannot {what} the XSKMAP pin {}: {e}", path.display()),
+        )
+    };
+    // A stale pin of the same name (left by a killed broker) is replaced.
+    let _ = std::fs::remove_file(&path);
+    xdp::pin(fd.as_fd(), &path).map_err(|e| fail("create", &e))?;
+    let owned = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("chmod 0600", &e))
+        .and_then(|()| {
+            std::os::unix::fs::chown(&path, Some(peer.uid), Some(peer.gid)).map_err(|e| {
+                fail(
+                    &format!("chown to uid {} gid {}", peer.uid, peer.gid),
+                    &format!("{e} (the broker needs CAP_CHOWN for --bpffs-dir)"),
+                )
+            })
+        });
+    if let Err(e) = owned {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
 }
 
 fn check_mode(req: &OpenRequest, have: AttachMode) -> Result<(), ErrorReply> {

@@ -205,6 +205,19 @@ impl XskProgram {
         Ok(())
     }
 
+    /// A close-on-exec duplicate of the XSKMAP fd, to hand to a client (the
+    /// map-path flow).
+    pub fn map_fd_dup(&self) -> io::Result<OwnedFd> {
+        // SAFETY: map_fd is open for as long as `self` lives; F_DUPFD_CLOEXEC
+        // makes a new fd that nothing else owns.
+        let fd = unsafe { libc::fcntl(self.map_fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is fresh and ours.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// Clear `queue_id`'s XSKMAP entry. A missing entry is not an error.
     pub fn remove(&self, queue_id: u32) -> Result<(), XdpError> {
         // SAFETY: key points to a live 4-byte integer.
@@ -297,6 +310,30 @@ pub fn any_attached_prog(ifindex: u32) -> Option<(AttachMode, u32)> {
 
 fn interface_exists(ifindex: u32) -> bool {
     nix::net::if_::if_indextoname(ifindex).is_ok()
+}
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `dir` is on a bpf filesystem.
+pub fn is_bpffs(dir: &std::path::Path) -> io::Result<bool> {
+    let st = nix::sys::statfs::statfs(dir).map_err(io::Error::from)?;
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok(i64::from(st.filesystem_type().0) == BPF_FS_MAGIC)
+}
+
+/// Pin the BPF object `fd` at `path` on a bpffs (`BPF_OBJ_PIN`).
+pub fn pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: fd is a live BPF object fd and `c` a NUL-terminated path that
+    // outlives the call.
+    let rc = unsafe { sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
 }
 
 /// Create an unbound AF_XDP socket (needs CAP_NET_RAW).

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xsk_broker_protocol::{
-    decode_response, Channel, Hello, OpenRequest, Opened, Request, Response, PROTOCOL_VERSION,
+    decode_response, Channel, Hello, MapOpened, OpenMapRequest, OpenRequest, Opened, Request,
+    Response, PROTOCOL_VERSION,
 };
+
+use crate::bpf::XskMap;
 
 use crate::error::Error;
 use crate::socket::{SocketConfig, XskSocket};
@@ -109,6 +112,107 @@ impl BrokerClient {
             info: opened,
             sockets,
         })
+    }
+}
+
+impl BrokerClient {
+    /// Ask for the interface's XSKMAP instead of sockets (the map-path
+    /// flow): the broker reserves the queues, attaches its program and sends
+    /// the map (and pins it if `req.pin`). Create and insert sockets with
+    /// [`MapLease::create_sockets`] (needs CAP_NET_RAW). The connection
+    /// becomes the lease, as with [`BrokerClient::open`].
+    pub fn open_map(mut self, req: OpenMapRequest) -> Result<MapLease, Error> {
+        let (resp, mut fds) = self.call(&Request::OpenMap(req.clone()))?;
+        let info = match resp {
+            Response::MapOpened(o) => o,
+            other => return Err(unexpected("map_opened", &other)),
+        };
+        if fds.len() != 1
+            || info.ifname != req.ifname
+            || info.start_queue != req.start_queue
+            || info.queues != req.queues
+            || info.pin_path.is_some() != req.pin
+        {
+            return Err(Error::UnexpectedReply(format!(
+                "asked for the map of {} queues {:?} (pin {}), got {info:?} with {} fds",
+                req.ifname,
+                req.as_open().queue_ids(),
+                req.pin,
+                fds.len()
+            )));
+        }
+        let map = XskMap::from_fd(fds.remove(0));
+        Ok(MapLease {
+            client: self,
+            info,
+            map,
+        })
+    }
+}
+
+/// A map lease: queues reserved for this connection and the interface's
+/// XSKMAP. Dropping it ends the lease: the broker clears the queues' map
+/// entries, removes the pin and may detach its program.
+#[derive(Debug)]
+pub struct MapLease {
+    client: BrokerClient,
+    info: MapOpened,
+    map: XskMap,
+}
+
+impl MapLease {
+    /// What the broker granted: ifindex, mode, program, queues, pin path.
+    pub fn info(&self) -> &MapOpened {
+        &self.info
+    }
+
+    /// The XSKMAP as received over the control socket.
+    pub fn map(&self) -> &XskMap {
+        &self.map
+    }
+
+    /// For every reserved queue `start_queue + i`: create an AF_XDP socket
+    /// (needs CAP_NET_RAW), set it up and bind it with `config`, and insert it
+    /// into `map` at key `start_queue + i`. `map` is [`MapLease::map`] or the
+    /// pin opened with [`XskMap::open_pinned`]. On error the entries already
+    /// inserted are removed again. The sockets are created in this
+    /// process's network namespace, so it must be the interface's (the
+    /// broker's); otherwise this fails with [`Error::WrongNamespace`].
+    pub fn create_sockets(
+        &self,
+        map: &XskMap,
+        config: &SocketConfig,
+    ) -> Result<Vec<XskSocket>, Error> {
+        let here = nix::net::if_::if_indextoname(self.info.ifindex)
+            .map(|n| n.to_string_lossy().into_owned());
+        if here.as_deref() != Ok(self.info.ifname.as_str()) {
+            return Err(Error::WrongNamespace {
+                ifname: self.info.ifname.clone(),
+                ifindex: self.info.ifindex,
+                here: here.unwrap_or_else(|_| "no such interface".to_owned()),
+            });
+        }
+        let mut sockets: Vec<XskSocket> = Vec::with_capacity(self.info.queues as usize);
+        for i in 0..self.info.queues {
+            let q = self.info.start_queue + i;
+            let done = XskSocket::create(self.info.ifindex, q, config)
+                .and_then(|s| map.insert(q, s.as_fd()).map(|()| s));
+            match done {
+                Ok(s) => sockets.push(s),
+                Err(e) => {
+                    for s in &sockets {
+                        let _ = map.remove(s.queue_id());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sockets)
+    }
+
+    /// The control connection; the lease lasts while it is open.
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.client.chan.as_fd()
     }
 }
 

@@ -138,6 +138,52 @@ pub enum Error {
     #[error("unexpected answer from the broker: {0}")]
     UnexpectedReply(String),
 
+    /// The process may not create AF_XDP sockets of its own (the map flow
+    /// needs that; the sock-fds flow does not).
+    #[error(
+        "socket(AF_XDP) failed: {source}: creating AF_XDP sockets needs CAP_NET_RAW. Give \
+         this process CAP_NET_RAW (e.g. systemd AmbientCapabilities=CAP_NET_RAW), or use \
+         the sock-fds flow (BrokerClient::open / xsk-client exec), where the broker creates \
+         the sockets and no capability is needed"
+    )]
+    NeedNetRaw {
+        /// The errno (EPERM).
+        #[source]
+        source: io::Error,
+    },
+
+    /// The map flow creates sockets in this process's network namespace, and
+    /// the interface the broker reported is not there.
+    #[error(
+        "interface {ifname} (ifindex {ifindex} in the broker's network namespace) is not \
+         ifindex {ifindex} in this process's network namespace (here: {here}). In the map \
+         flow this process creates the sockets, and bind() resolves the ifindex in its own \
+         namespace: run it in the broker's (the interface's) network namespace, or use the \
+         sock-fds flow, which works from any namespace"
+    )]
+    WrongNamespace {
+        /// The interface name the broker reported.
+        ifname: String,
+        /// Its index in the broker's namespace.
+        ifindex: u32,
+        /// What that index is here (`"no such interface"` or another name).
+        here: String,
+    },
+
+    /// A bpf(2) command on the XSKMAP failed.
+    #[error("{op} on {what} failed: {source}{}", if hint.is_empty() { String::new() } else { format!("; {hint}") })]
+    Map {
+        /// The bpf command.
+        op: &'static str,
+        /// The map (fd and key, or pin path).
+        what: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+        /// What the errno usually means here.
+        hint: &'static str,
+    },
+
     /// A sock-fds list was refused; see [`SockFdsError`](crate::SockFdsError).
     #[error(transparent)]
     SockFds(#[from] crate::SockFdsError),

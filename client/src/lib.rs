@@ -56,6 +56,7 @@
 
 #![deny(missing_docs)]
 
+mod bpf;
 mod broker;
 mod error;
 mod privileges;
@@ -65,7 +66,8 @@ mod sockfds;
 mod sys;
 mod umem;
 
-pub use broker::{BrokerClient, Lease, LeasedSocket};
+pub use bpf::XskMap;
+pub use broker::{BrokerClient, Lease, LeasedSocket, MapLease};
 pub use error::Error;
 pub use privileges::PrivilegeReport;
 pub use socket::{
@@ -76,4 +78,6 @@ pub use sockfds::{
     claim_sock_fds, inherit_only, parse_sock_fds, parse_sock_fds_syntax, SockFdsError,
 };
 pub use umem::UmemConfig;
-pub use xsk_broker_protocol::{AttachMode, CopyMode, ErrorCode, OpenRequest, Opened, XdpMode};
+pub use xsk_broker_protocol::{
+    AttachMode, CopyMode, ErrorCode, MapOpened, OpenMapRequest, OpenRequest, Opened, XdpMode,
+};

@@ -904,6 +904,16 @@ impl XskSocket {
     }
 }
 
+impl XskSocket {
+    /// Create an AF_XDP socket of this process's own and set it up and bind
+    /// it as [`XskSocket::adopt`] does (the map-path flow). Needs
+    /// CAP_NET_RAW; without it this fails with [`Error::NeedNetRaw`].
+    pub fn create(ifindex: u32, queue_id: u32, config: &SocketConfig) -> Result<XskSocket, Error> {
+        let fd = crate::bpf::create_xsk_socket()?;
+        XskSocket::adopt(fd, ifindex, queue_id, config)
+    }
+}
+
 impl AsFd for XskSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

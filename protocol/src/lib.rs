@@ -47,9 +47,9 @@ pub mod transport;
 pub use frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS, MAX_MESSAGE_LEN};
 pub use message::{
     decode_request, decode_response, encode_body, AttachMode, CopyMode, DecodeError, ErrorCode,
-    ErrorReply, Hello, HelloReply, Holder, LeaseStatus, OpenRequest, Opened, Request, Response,
-    SocketInfo, SocketStatus, StatusReply, StatusRequest, XdpMode, XdpStatistics, MAX_IFNAME_LEN,
-    MAX_QUEUES,
+    ErrorReply, Hello, HelloReply, Holder, LeaseStatus, MapOpened, OpenMapRequest, OpenRequest,
+    Opened, Request, Response, SocketInfo, SocketStatus, StatusReply, StatusRequest, XdpMode,
+    XdpStatistics, MAX_IFNAME_LEN, MAX_QUEUES,
 };
 pub use transport::{Channel, Received, TransportError};
 

@@ -168,6 +168,86 @@ pub fn validate_ifname(name: &str) -> Result<(), ErrorReply> {
 #[serde(deny_unknown_fields)]
 pub struct StatusRequest {}
 
+/// Ask for the XSKMAP of an interface instead of sockets (the QEMU 10.1
+/// `map-path=` / `map-start-index=` flow): the broker attaches the XSK
+/// program and reserves `queues` queues from `start_queue` for this lease
+/// exactly as [`Request::Open`] does, and answers with
+/// [`Response::MapOpened`] plus the XSKMAP fd. The client creates, binds and
+/// inserts its own sockets at `start_queue + i` (socket creation needs
+/// CAP_NET_RAW).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenMapRequest {
+    /// Interface name, in the broker's network namespace.
+    pub ifname: String,
+    /// Number of queues, 1..=[`MAX_QUEUES`].
+    pub queues: u32,
+    /// First queue id (QEMU's `map-start-index`).
+    #[serde(default)]
+    pub start_queue: u32,
+    /// XDP attach mode.
+    #[serde(default)]
+    pub mode: XdpMode,
+    /// Also pin the map in the broker's bpffs directory, owned by the
+    /// requesting uid with mode 0600, for programs that take a path.
+    #[serde(default)]
+    pub pin: bool,
+}
+
+impl OpenMapRequest {
+    /// A request for the map of `ifname` covering `queues` queues from 0, auto mode, no pin.
+    pub fn new(ifname: impl Into<String>, queues: u32) -> Self {
+        OpenMapRequest {
+            ifname: ifname.into(),
+            queues,
+            start_queue: 0,
+            mode: XdpMode::Auto,
+            pin: false,
+        }
+    }
+
+    /// The same queues as an [`OpenRequest`] (copy mode auto), for the
+    /// checks both flows share.
+    pub fn as_open(&self) -> OpenRequest {
+        OpenRequest {
+            ifname: self.ifname.clone(),
+            queues: self.queues,
+            start_queue: self.start_queue,
+            mode: self.mode,
+            copy: CopyMode::Auto,
+        }
+    }
+
+    /// Check the values a peer cannot be trusted with (as [`OpenRequest::validate`]).
+    pub fn validate(&self) -> Result<(), ErrorReply> {
+        self.as_open().validate()
+    }
+}
+
+/// Broker's answer to [`Request::OpenMap`]; carries one fd, the XSKMAP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapOpened {
+    /// Interface name.
+    pub ifname: String,
+    /// Interface index (in the broker's network namespace) to bind sockets to.
+    pub ifindex: u32,
+    /// XDP mode in force.
+    pub mode: AttachMode,
+    /// Id of the XDP program attached to the interface.
+    pub program_id: u32,
+    /// First queue reserved; the socket for queue `start_queue + i` goes at
+    /// map key `start_queue + i`.
+    pub start_queue: u32,
+    /// Number of queues reserved.
+    pub queues: u32,
+    /// Where the map is pinned, if a pin was asked for (in the broker's
+    /// bpffs directory; owned by the requesting uid, mode 0600; removed
+    /// when the lease ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_path: Option<String>,
+}
+
 /// A request from client to broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -182,11 +262,13 @@ pub enum Request {
     /// (answered by [`Response::Status`]). Needs no lease of its own; today
     /// anyone who can connect to the control socket may ask.
     Status(StatusRequest),
+    /// Lease queues and get the interface's XSKMAP (the map-path flow).
+    OpenMap(OpenMapRequest),
 }
 
 impl Request {
     /// The `op` names this version understands.
-    pub const OPS: &'static [&'static str] = &["hello", "open", "release", "status"];
+    pub const OPS: &'static [&'static str] = &["hello", "open", "release", "status", "open_map"];
 }
 
 /// Broker's answer to [`Request::Hello`].
@@ -401,6 +483,8 @@ pub enum Response {
     },
     /// Answer to status: every lease and its sockets' statistics.
     Status(StatusReply),
+    /// Answer to open_map; the XSKMAP fd attached.
+    MapOpened(MapOpened),
     /// Any failure.
     Error(ErrorReply),
 }
@@ -415,7 +499,7 @@ pub enum DecodeError {
     #[error("message has no \"op\" string field")]
     NoOp,
     /// `op` names no operation this version knows.
-    #[error("unknown operation {0:?} (this broker knows: hello, open, release, status)")]
+    #[error("unknown operation {0:?} (this broker knows: hello, open, release, status, open_map)")]
     UnknownOp(String),
     /// The operation is known but its fields are wrong.
     #[error("invalid {op:?} message: {reason}")]
@@ -466,7 +550,17 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
 
 /// Decode a response body. Never panics, whatever the bytes.
 pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
-    decode_tagged(body, &["hello", "opened", "released", "status", "error"])
+    decode_tagged(
+        body,
+        &[
+            "hello",
+            "opened",
+            "released",
+            "status",
+            "map_opened",
+            "error",
+        ],
+    )
 }
 
 /// Encode a message body, refusing bodies over the size limit.
@@ -571,6 +665,36 @@ mod tests {
             );
         }
         assert_eq!(mk(3, 5, "a").queue_ids().collect::<Vec<_>>(), vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn open_map_roundtrip_and_checks() {
+        let r = open(r#"{"op":"open_map","ifname":"veth0","queues":2,"start_queue":1,"pin":true}"#)
+            .unwrap();
+        let Request::OpenMap(m) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((m.queues, m.start_queue, m.pin), (2, 1, true));
+        assert!(m.validate().is_ok());
+        assert_eq!(m.as_open().queue_ids().collect::<Vec<_>>(), vec![1, 2]);
+        let bad = OpenMapRequest::new("a/b", 1);
+        assert_eq!(bad.validate().unwrap_err().code, ErrorCode::NoSuchInterface);
+        assert!(matches!(
+            open(r#"{"op":"open_map","ifname":"a","queues":1,"pin":"yes"}"#),
+            Err(DecodeError::Invalid { .. })
+        ));
+        let reply = Response::MapOpened(MapOpened {
+            ifname: "veth0".into(),
+            ifindex: 3,
+            mode: AttachMode::Skb,
+            program_id: 9,
+            start_queue: 1,
+            queues: 2,
+            pin_path: None,
+        });
+        let body = encode_body(&reply).unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("pin_path"));
+        assert_eq!(decode_response(&body).unwrap(), reply);
     }
 
     #[test]

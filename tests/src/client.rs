@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::broker::workspace_bin;
-use crate::unpriv::spawn_unprivileged;
+use crate::unpriv::{spawn_nobody_with_caps, spawn_unprivileged};
 
 /// Umem frames per queue used by tests: 256 frames of 2048 bytes (512 KiB),
 /// so several queues and clients of uid nobody fit an 8 MiB RLIMIT_MEMLOCK.
@@ -36,6 +36,18 @@ impl ClientProcess {
         args: &[&str],
         stdin: Option<Vec<u8>>,
     ) -> Result<ClientProcess> {
+        ClientProcess::spawn_with_caps(subcommand, socket, args, stdin, None)
+    }
+
+    /// [`ClientProcess::spawn`], but with `caps` = `Some(list)` the client keeps exactly
+    /// those capabilities (see [`spawn_nobody_with_caps`]); `None` is no capability at all.
+    pub fn spawn_with_caps(
+        subcommand: &str,
+        socket: &Path,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+        caps: Option<&[u32]>,
+    ) -> Result<ClientProcess> {
         let bin = workspace_bin("xsk-client")?;
         let mut cmd = Command::new(&bin);
         cmd.arg(subcommand)
@@ -50,7 +62,11 @@ impl ClientProcess {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = spawn_unprivileged(&mut cmd)
+        let spawned = match caps {
+            Some(caps) => spawn_nobody_with_caps(&mut cmd, caps),
+            None => spawn_unprivileged(&mut cmd),
+        };
+        let mut child = spawned
             .with_context(|| format!("starting {} {subcommand} as nobody", bin.display()))?;
         if let Some(data) = stdin {
             let mut pipe = child.stdin.take().context("client stdin")?;

@@ -63,7 +63,8 @@ pub use peer::{
 pub use procfd::{proc_fds, proc_socket_domain};
 pub use testbed::{xdp_attachments_from_link_json, Testbed, XdpMode, PEER_IP, XSK_IP};
 pub use unpriv::{
-    cap_eff, nobody_ids, proc_status_uid, proc_status_uids, spawn_unprivileged, TempDir,
+    cap_eff, nobody_ids, proc_status_uid, proc_status_uids, spawn_nobody_with_caps,
+    spawn_unprivileged, TempDir,
 };
 pub use xdp::XdpPass;
 

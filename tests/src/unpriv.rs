@@ -153,6 +153,115 @@ pub fn spawn_unprivileged(cmd: &mut Command) -> Result<Child> {
         .with_context(|| format!("spawning `{line}` as nobody (uid {uid}, gid {gid})"))
 }
 
+/// Spawn `cmd` as `nobody:nogroup` holding exactly the capabilities `caps` (numbers as in
+/// `linux/capability.h`, e.g. 13 for CAP_NET_RAW) in its effective, permitted and ambient
+/// sets after exec, and nothing else: every other capability is dropped from the bounding
+/// set, `no_new_privs` is set, and the ids change with `PR_SET_KEEPCAPS` so the kept ones
+/// survive `setresuid`; they are then raised as ambient capabilities, which is how a
+/// non-root program keeps a capability across exec. The child verifies its sets before
+/// exec. Check the result with [`cap_eff`].
+pub fn spawn_nobody_with_caps(cmd: &mut Command, caps: &[u32]) -> Result<Child> {
+    let (uid, gid) = nobody_ids()?;
+    let (uid, gid) = (uid.as_raw(), gid.as_raw());
+    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    let mut mask = [0u32; 2];
+    for &c in caps {
+        if c > 63 {
+            bail!("capability number {c} is out of range");
+        }
+        mask[(c / 32) as usize] |= 1 << (c % 32);
+    }
+    let shown = format!("{caps:?}");
+    let caps: Vec<libc::c_ulong> = caps.iter().map(|&c| libc::c_ulong::from(c)).collect();
+    // SAFETY: the hook only makes async-signal-safe system calls on data prepared before
+    // fork (`caps` is only read); it does not allocate, lock or touch other threads.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(child_fail(
+                    b"xsk_testbed: PR_CAP_AMBIENT_CLEAR_ALL failed\n",
+                ));
+            }
+            for cap in 0..=last_cap {
+                if !caps.contains(&cap) {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(child_fail(b"xsk_testbed: PR_SET_NO_NEW_PRIVS failed\n"));
+            }
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                return Err(child_fail(b"xsk_testbed: PR_SET_KEEPCAPS failed\n"));
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(child_fail(b"xsk_testbed: changing ids to nobody failed\n"));
+            }
+            let mut hdr = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let want = [
+                CapData {
+                    effective: mask[0],
+                    permitted: mask[0],
+                    inheritable: mask[0],
+                },
+                CapData {
+                    effective: mask[1],
+                    permitted: mask[1],
+                    inheritable: mask[1],
+                },
+            ];
+            if libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, want.as_ptr()) != 0 {
+                return Err(child_fail(b"xsk_testbed: capset(kept caps) failed\n"));
+            }
+            for &cap in caps.iter() {
+                if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0 {
+                    return Err(child_fail(b"xsk_testbed: PR_CAP_AMBIENT_RAISE failed\n"));
+                }
+            }
+            let mut got = want;
+            hdr.version = LINUX_CAPABILITY_VERSION_3;
+            if libc::syscall(
+                libc::SYS_capget,
+                &mut hdr as *mut CapHeader,
+                got.as_mut_ptr(),
+            ) != 0
+            {
+                return Err(child_fail(b"xsk_testbed: capget failed\n"));
+            }
+            for i in 0..2 {
+                if got[i].effective != mask[i] || got[i].permitted != mask[i] {
+                    child_say(b"xsk_testbed: capability sets differ from the ones asked for\n");
+                    return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+                }
+            }
+            if libc::getuid() != uid || libc::geteuid() != uid {
+                child_say(b"xsk_testbed: ids did not change to nobody\n");
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        });
+    }
+    let line = describe(cmd);
+    cmd.spawn().with_context(|| {
+        format!("spawning `{line}` as nobody (uid {uid}, gid {gid}) with capabilities {shown}")
+    })
+}
+
 fn proc_status_field(pid: u32, key: &str) -> Result<String> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;

@@ -23,7 +23,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
 use xsk_client::{
-    BrokerClient, CopyMode, Lease, OpenRequest, PrivilegeReport, SocketConfig, XdpMode, XskSocket,
+    BrokerClient, CopyMode, Lease, MapLease, OpenMapRequest, OpenRequest, Opened, PrivilegeReport,
+    SocketConfig, XdpMode, XskMap, XskSocket,
 };
 
 /// Lease AF_XDP sockets from xsk-brokerd and move packets without capabilities.
@@ -165,6 +166,25 @@ struct Common {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// Use the map flow (QEMU 10.1 map-path) instead of sockets from the
+    /// broker: ask for the interface's XSKMAP, as the fd (`fd`) or as a pin
+    /// opened by path (`pin`), then create, bind and insert this process's
+    /// own sockets. Needs CAP_NET_RAW.
+    #[arg(long, value_enum)]
+    via_map: Option<ViaMap>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ViaMap {
+    Fd,
+    Pin,
+}
+
+/// What keeps the lease alive.
+#[allow(dead_code)]
+enum Held {
+    Sockets(Lease),
+    Map(MapLease),
 }
 
 fn open_request(
@@ -238,7 +258,8 @@ impl Out {
 }
 
 struct Session {
-    lease: Lease,
+    _held: Held,
+    info: Opened,
     sockets: Vec<XskSocket>,
     out: Out,
     started: Instant,
@@ -261,13 +282,58 @@ fn start(common: &Common) -> Result<Session> {
     config.validate().context("invalid socket settings")?;
     let broker = BrokerClient::connect(&common.socket)
         .with_context(|| format!("connecting to the broker at {}", common.socket.display()))?;
-    let mut lease = broker
-        .open(common.request())
-        .with_context(|| format!("leasing {} queue(s) of {}", common.queues, common.ifname))?;
-    let sockets = lease
-        .adopt_all(&config)
-        .context("setting up the leased sockets")?;
-    let info = lease.info().clone();
+    let (held, sockets, info, pin) = match common.via_map {
+        None => {
+            let mut lease = broker.open(common.request()).with_context(|| {
+                format!("leasing {} queue(s) of {}", common.queues, common.ifname)
+            })?;
+            let sockets = lease
+                .adopt_all(&config)
+                .context("setting up the leased sockets")?;
+            let info = lease.info().clone();
+            (Held::Sockets(lease), sockets, info, None)
+        }
+        Some(via) => {
+            let req = common.request();
+            let lease = broker
+                .open_map(OpenMapRequest {
+                    ifname: req.ifname.clone(),
+                    queues: req.queues,
+                    start_queue: req.start_queue,
+                    mode: req.mode,
+                    pin: via == ViaMap::Pin,
+                })
+                .with_context(|| {
+                    format!(
+                        "leasing {} queue(s) of {} with its XSKMAP",
+                        common.queues, common.ifname
+                    )
+                })?;
+            let config = SocketConfig {
+                copy: req.copy,
+                ..config
+            };
+            let m = lease.info().clone();
+            let sockets = match (&m.pin_path, via) {
+                (Some(path), ViaMap::Pin) => {
+                    let map = XskMap::open_pinned(path)
+                        .with_context(|| format!("opening the pinned XSKMAP {path}"))?;
+                    lease.create_sockets(&map, &config)
+                }
+                _ => lease.create_sockets(lease.map(), &config),
+            }
+            .context("creating this process's own AF_XDP sockets for the XSKMAP")?;
+            let info = Opened {
+                ifname: m.ifname.clone(),
+                ifindex: m.ifindex,
+                mode: m.mode,
+                program_id: m.program_id,
+                copy: req.copy,
+                sockets: Vec::new(),
+            };
+            (Held::Map(lease), sockets, info, m.pin_path)
+        }
+    };
     let queues: Vec<u32> = sockets.iter().map(|s| s.queue_id()).collect();
     out.event(
         json!({
@@ -280,6 +346,7 @@ fn start(common: &Common) -> Result<Session> {
             "queues": queues,
             "pid": std::process::id(),
             "privileges": privileges,
+            "map_pin": pin,
         }),
         || {
             format!(
@@ -300,7 +367,8 @@ fn start(common: &Common) -> Result<Session> {
         },
     );
     Ok(Session {
-        lease,
+        _held: held,
+        info,
         sockets,
         out,
         started: Instant::now(),
@@ -437,7 +505,7 @@ fn finish(s: &mut Session, what: &str) -> Result<()> {
         per_queue
             .push(json!({"queue_id": sock.queue_id(), "counters": c, "xdp_statistics": stats}));
     }
-    let info = s.lease.info();
+    let info = &s.info;
     s.out.event(
         json!({
             "event": "done", "command": what, "rx_packets": rx, "tx_packets": tx,
