@@ -44,3 +44,35 @@ fn a_file_that_is_not_a_socket_is_never_replaced() {
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn log_options_are_validated_with_their_values() {
+    let out = brokerd()
+        .args(["--socket", "/tmp/unused.sock", "--log-level", "info,x=["])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"info,x=[\" is not a log filter"), "{err}");
+
+    let out = brokerd()
+        .args(["--socket", "/tmp/unused.sock", "--log-format", "yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'yaml' for '--log-format"), "{err}");
+    assert!(err.contains("human, json"), "{err}");
+
+    let out = brokerd()
+        .args(["--socket", "/tmp/unused.sock"])
+        .env("XSK_BROKER_LOG", "info,=[")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("XSK_BROKER_LOG=\"info,=[\" is not a log filter"),
+        "{err}"
+    );
+}

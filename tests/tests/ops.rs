@@ -287,3 +287,70 @@ fn brokerctl_names_a_socket_it_cannot_reach() {
         "{err}"
     );
 }
+
+/// `--log-format json`: every line the broker writes is a JSON object, and
+/// grants, refusals and releases are events a collector can select, with
+/// the holder's pid and uid.
+#[test]
+fn json_logs_carry_grant_refuse_and_release_events() {
+    let test = "json_logs_carry_grant_refuse_and_release_events";
+    if !require_root(test) {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let dir = TempDir::new("xsk-ops").unwrap();
+    let broker = BrokerProcess::spawn_with_args(
+        &tb.xsk,
+        dir.path(),
+        &["--log-format", "json", "--log-level", "info"],
+    )
+    .unwrap();
+    let frames = TEST_FRAMES.to_string();
+    let args = ["--ifname", tb.xsk_if.as_str(), "--frames", &frames];
+    let mut a = ClientProcess::spawn("rx", broker.socket_path(), &args, None).unwrap();
+    a.wait_event("ready", READY).unwrap();
+    let a_pid = a.pid();
+    // A second client for the same queue is refused.
+    let b = ClientProcess::spawn("rx", broker.socket_path(), &args, None).unwrap();
+    let b_pid = b.pid();
+    b.wait_failure(READY).unwrap();
+    a.stop().unwrap();
+
+    let (nobody, _) = nobody_ids().unwrap();
+    let events = wait_until("the release to be logged", READY, || {
+        let lines: Vec<Value> = broker
+            .log()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+            .collect();
+        lines
+            .iter()
+            .any(|v| v["event"] == "release")
+            .then_some(lines)
+    });
+    for v in &events {
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+    }
+    let find = |event: &str, pid: u32| {
+        events
+            .iter()
+            .find(|v| v["event"] == event && v["pid"] == pid)
+            .unwrap_or_else(|| panic!("no {event} event for pid {pid} in {events:#?}"))
+    };
+    let grant = find("grant", a_pid);
+    assert_eq!(grant["uid"], nobody.as_raw());
+    assert_eq!(grant["level"], "INFO");
+    assert_eq!(grant["ifname"], tb.xsk_if.as_str());
+    assert_eq!(grant["queues"], "[0]");
+    assert_eq!(grant["message"], "granted");
+    let refuse = find("refuse", b_pid);
+    assert_eq!(refuse["uid"], nobody.as_raw());
+    assert_eq!(refuse["code"], "queue_busy");
+    let release = find("release", a_pid);
+    assert_eq!(release["uid"], nobody.as_raw());
+    assert_eq!(release["queues"], "[0]");
+    drop(broker);
+}
