@@ -165,6 +165,41 @@ impl XskMap {
     }
 }
 
+impl XskMap {
+    /// For `i` in `0..queues`: create an AF_XDP socket (needs CAP_NET_RAW),
+    /// set it up and bind it to `(ifindex, start_queue + i)` with `config`,
+    /// and insert it at key `start_queue + i` (what QEMU does with
+    /// `map-path=` and `map-start-index=`). `ifindex` is resolved in this
+    /// process's network namespace. On error the entries already inserted
+    /// are removed again.
+    pub fn attach_new_sockets(
+        &self,
+        ifindex: u32,
+        start_queue: u32,
+        queues: u32,
+        config: &crate::SocketConfig,
+    ) -> Result<Vec<crate::XskSocket>, Error> {
+        let mut sockets: Vec<crate::XskSocket> = Vec::with_capacity(queues as usize);
+        for i in 0..queues {
+            let q = start_queue.checked_add(i).ok_or_else(|| {
+                Error::InvalidConfig(format!("start_queue {start_queue} + {i} overflows"))
+            })?;
+            let done = crate::XskSocket::create(ifindex, q, config)
+                .and_then(|s| self.insert(q, s.as_fd()).map(|()| s));
+            match done {
+                Ok(s) => sockets.push(s),
+                Err(e) => {
+                    for s in &sockets {
+                        let _ = self.remove(s.queue_id());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sockets)
+    }
+}
+
 impl AsFd for XskMap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

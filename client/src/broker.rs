@@ -192,22 +192,12 @@ impl MapLease {
                 here: here.unwrap_or_else(|_| "no such interface".to_owned()),
             });
         }
-        let mut sockets: Vec<XskSocket> = Vec::with_capacity(self.info.queues as usize);
-        for i in 0..self.info.queues {
-            let q = self.info.start_queue + i;
-            let done = XskSocket::create(self.info.ifindex, q, config)
-                .and_then(|s| map.insert(q, s.as_fd()).map(|()| s));
-            match done {
-                Ok(s) => sockets.push(s),
-                Err(e) => {
-                    for s in &sockets {
-                        let _ = map.remove(s.queue_id());
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(sockets)
+        map.attach_new_sockets(
+            self.info.ifindex,
+            self.info.start_queue,
+            self.info.queues,
+            config,
+        )
     }
 
     /// The control connection; the lease lasts while it is open.

@@ -11,7 +11,7 @@ use xsk_broker_protocol::{ErrorCode, OpenMapRequest, OpenRequest};
 use xsk_client::BrokerClient;
 use xsk_testbed::{
     cap_eff, nobody_ids, proc_status_uid, require_root, run_command, serial_guard, udp_roundtrip,
-    BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
+    workspace_bin, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
@@ -303,4 +303,111 @@ fn broker_refuses_a_bpffs_dir_not_on_bpffs() {
     let msg = format!("{err:#}");
     assert!(msg.contains("is not on a bpf filesystem"), "{msg}");
     assert!(!Path::new(&not_bpffs).exists());
+}
+
+/// The map-path launcher, as QEMU 10.1 would be run: `xsk-client exec --map`
+/// holds the lease, pins the XSKMAP for the program's uid and execs a program
+/// that takes `--map-path {map-path}` and `map-start-index` like QEMU and
+/// creates its own sockets with CAP_NET_RAW only. Traffic flows both ways on
+/// every queue; when the program exits the pin and the program are gone.
+#[test]
+fn exec_map_launcher_feeds_a_map_path_program() {
+    const QUEUES: u32 = 2;
+    let Some(env) = setup("exec_map_launcher_feeds_a_map_path_program", QUEUES, true) else {
+        return;
+    };
+    let client = workspace_bin("xsk-client").unwrap();
+    let client = client.to_str().unwrap().to_owned();
+    let q = QUEUES.to_string();
+    let f = TEST_FRAMES.to_string();
+    let mut p = env
+        .tb
+        .xsk
+        .enter_thread(|| {
+            ClientProcess::spawn_with_caps(
+                "exec",
+                env.broker.socket_path(),
+                &[
+                    "--map",
+                    "--ifname",
+                    &env.tb.xsk_if,
+                    "--queues",
+                    &q,
+                    "--",
+                    &client,
+                    "echo",
+                    "--json",
+                    "--ifname",
+                    &env.tb.xsk_if,
+                    "--queues",
+                    "{queues}",
+                    "--start-queue",
+                    "{map-start-index}",
+                    "--map-path",
+                    "{map-path}",
+                    "--frames",
+                    &f,
+                ],
+                None,
+                Some(&[CAP_NET_RAW]),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    let exec = p.wait_event("exec", READY).unwrap();
+    let ready = p.wait_event("ready", READY).unwrap();
+    let pin = PathBuf::from(exec["map_path"].as_str().unwrap());
+    assert_eq!(pin.parent(), Some(env.pins.as_path()));
+    assert_eq!(ready["map_pin"], exec["map_path"]);
+    assert_eq!(exec["pid"], ready["pid"], "the launcher must exec in place");
+    let (nobody, _) = nobody_ids().unwrap();
+    let meta = std::fs::metadata(&pin).unwrap();
+    assert_eq!(meta.uid(), nobody.as_raw());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(cap_eff(p.pid()).unwrap(), 1 << CAP_NET_RAW);
+    assert_eq!(ready["queues"], serde_json::json!([0, 1]));
+
+    let rt = udp_roundtrip(&env.tb, 32, 8, Duration::from_secs(5)).unwrap();
+    let (done, status) = p.stop().unwrap();
+    if let Err(e) = rt.verify() {
+        panic!("{e:#}\nprogram: {done:#}");
+    }
+    assert!(status.success(), "{status}");
+    for q in done["queues"].as_array().unwrap() {
+        let rx = q["counters"]["rx_packets"].as_u64().unwrap();
+        let tx = q["counters"]["tx_packets"].as_u64().unwrap();
+        assert!(
+            rx > 0 && tx > 0,
+            "queue {} carried no traffic: {q}",
+            q["queue_id"]
+        );
+    }
+    wait_until(
+        "the XDP program to be detached",
+        Duration::from_secs(5),
+        || env.tb.xdp_prog_id().unwrap().is_none().then_some(()),
+    );
+    assert!(!pin.exists(), "{} must be removed", pin.display());
+
+    // A placeholder of the other flow is refused before anything starts.
+    let p = ClientProcess::spawn(
+        "exec",
+        env.broker.socket_path(),
+        &[
+            "--map",
+            "--ifname",
+            &env.tb.xsk_if,
+            "--",
+            "/bin/echo",
+            "{sock-fds}",
+        ],
+        None,
+    )
+    .unwrap();
+    let (stderr, status) = p.wait_failure(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("{sock-fds} is only available without --map"),
+        "{stderr}"
+    );
 }

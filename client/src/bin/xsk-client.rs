@@ -23,8 +23,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
 use xsk_client::{
-    BrokerClient, CopyMode, Lease, MapLease, OpenMapRequest, OpenRequest, Opened, PrivilegeReport,
-    SocketConfig, XdpMode, XskMap, XskSocket,
+    AttachMode, BrokerClient, CopyMode, Lease, MapLease, OpenMapRequest, OpenRequest,
+    PrivilegeReport, SocketConfig, XdpMode, XskMap, XskSocket,
 };
 
 /// Lease AF_XDP sockets from xsk-brokerd and move packets without capabilities.
@@ -62,7 +62,8 @@ enum Cmd {
     /// Lease sockets, then exec PROGRAM with them inherited (the sock-fds
     /// launcher). In PROGRAM's arguments `{sock-fds}` becomes the colon list
     /// of socket fds in queue order, and `{queues}`, `{start-queue}`,
-    /// `{ifindex}` and `{lease-fd}` their values. PROGRAM inherits exactly
+    /// `{ifindex}` and `{lease-fd}` their values. With `--map`, the XSKMAP is
+    /// pinned instead and `{map-path}`, `{map-start-index}` are replaced. PROGRAM inherits exactly
     /// the socket fds and the lease fd (the control connection) besides
     /// stdin/stdout/stderr; the lease lasts until PROGRAM and every process
     /// that inherited the lease fd have exited. Exit status: PROGRAM's own;
@@ -97,6 +98,14 @@ struct ExecArgs {
     /// before exec'ing.
     #[arg(long)]
     json: bool,
+    /// The map-path flow (QEMU 10.1 `map-path=`): ask for the interface's
+    /// XSKMAP pinned in the broker's bpffs directory instead of sockets, and
+    /// replace `{map-path}` and `{map-start-index}` (= the start queue).
+    /// PROGRAM inherits only the lease fd, creates its own sockets (it needs
+    /// CAP_NET_RAW and the interface's network namespace) and inserts them.
+    /// The broker must run with `--bpffs-dir`.
+    #[arg(long)]
+    map: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     command: Vec<std::ffi::OsString>,
@@ -172,6 +181,13 @@ struct Common {
     /// own sockets. Needs CAP_NET_RAW.
     #[arg(long, value_enum)]
     via_map: Option<ViaMap>,
+    /// Do not ask the broker: open this pinned XSKMAP (as QEMU's
+    /// `map-path=`) and insert this process's own sockets at
+    /// `--start-queue` + i (QEMU's `map-start-index`). Needs CAP_NET_RAW and
+    /// the interface's network namespace. For use under `xsk-client exec
+    /// --map`, which holds the lease and substitutes `{map-path}`.
+    #[arg(long, value_name = "PATH", conflicts_with = "via_map")]
+    map_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -180,11 +196,12 @@ enum ViaMap {
     Pin,
 }
 
-/// What keeps the lease alive.
+/// What keeps the lease (or the pinned map) alive; held, never read.
 #[allow(dead_code)]
 enum Held {
     Sockets(Lease),
     Map(MapLease),
+    Pinned(XskMap),
 }
 
 fn open_request(
@@ -257,9 +274,31 @@ impl Out {
     }
 }
 
+/// What the ready line reports.
+struct Ready {
+    ifname: String,
+    ifindex: u32,
+    /// Unknown with --map-path (the broker is not asked).
+    mode: Option<AttachMode>,
+    program_id: Option<u32>,
+    copy: CopyMode,
+}
+
+impl Ready {
+    fn mode_text(&self) -> String {
+        self.mode
+            .map_or_else(|| "unknown".to_owned(), |m| m.to_string())
+    }
+}
+
+fn connect(common: &Common) -> Result<BrokerClient> {
+    BrokerClient::connect(&common.socket)
+        .with_context(|| format!("connecting to the broker at {}", common.socket.display()))
+}
+
 struct Session {
     _held: Held,
-    info: Opened,
+    info: Ready,
     sockets: Vec<XskSocket>,
     out: Out,
     started: Instant,
@@ -280,20 +319,57 @@ fn start(common: &Common) -> Result<Session> {
     }
     let config = common.config();
     config.validate().context("invalid socket settings")?;
-    let broker = BrokerClient::connect(&common.socket)
-        .with_context(|| format!("connecting to the broker at {}", common.socket.display()))?;
-    let (held, sockets, info, pin) = match common.via_map {
-        None => {
+    let (held, sockets, info, pin) = match (&common.map_path, common.via_map) {
+        (Some(path), _) => {
+            // Like QEMU's map-path=: no broker, an existing pinned XSKMAP.
+            let ifindex =
+                nix::net::if_::if_nametoindex(common.ifname.as_str()).with_context(|| {
+                    format!(
+                        "--map-path: interface {} not found in this network namespace (this \
+                         process creates and binds the sockets, so it must run in the \
+                         interface's namespace)",
+                        common.ifname
+                    )
+                })?;
+            let map = XskMap::open_pinned(path)
+                .with_context(|| format!("opening the pinned XSKMAP {}", path.display()))?;
+            let config = SocketConfig {
+                copy: common.request().copy,
+                ..config
+            };
+            let sockets = map
+                .attach_new_sockets(ifindex, common.start_queue, common.queues, &config)
+                .context("creating this process's own AF_XDP sockets for the XSKMAP")?;
+            let info = Ready {
+                ifname: common.ifname.clone(),
+                ifindex,
+                mode: None,
+                program_id: None,
+                copy: config.copy,
+            };
+            let pin = Some(path.display().to_string());
+            (Held::Pinned(map), sockets, info, pin)
+        }
+        (None, None) => {
+            let broker = connect(common)?;
             let mut lease = broker.open(common.request()).with_context(|| {
                 format!("leasing {} queue(s) of {}", common.queues, common.ifname)
             })?;
             let sockets = lease
                 .adopt_all(&config)
                 .context("setting up the leased sockets")?;
-            let info = lease.info().clone();
+            let o = lease.info();
+            let info = Ready {
+                ifname: o.ifname.clone(),
+                ifindex: o.ifindex,
+                mode: Some(o.mode),
+                program_id: Some(o.program_id),
+                copy: o.copy,
+            };
             (Held::Sockets(lease), sockets, info, None)
         }
-        Some(via) => {
+        (None, Some(via)) => {
+            let broker = connect(common)?;
             let req = common.request();
             let lease = broker
                 .open_map(OpenMapRequest {
@@ -323,13 +399,12 @@ fn start(common: &Common) -> Result<Session> {
                 _ => lease.create_sockets(lease.map(), &config),
             }
             .context("creating this process's own AF_XDP sockets for the XSKMAP")?;
-            let info = Opened {
+            let info = Ready {
                 ifname: m.ifname.clone(),
                 ifindex: m.ifindex,
-                mode: m.mode,
-                program_id: m.program_id,
+                mode: Some(m.mode),
+                program_id: Some(m.program_id),
                 copy: req.copy,
-                sockets: Vec::new(),
             };
             (Held::Map(lease), sockets, info, m.pin_path)
         }
@@ -355,8 +430,9 @@ fn start(common: &Common) -> Result<Session> {
                 info.ifname,
                 info.ifindex,
                 queues,
-                info.mode,
-                info.program_id,
+                info.mode_text(),
+                info.program_id
+                    .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
                 privileges.uid,
                 privileges.cap_eff,
                 privileges
@@ -514,7 +590,8 @@ fn finish(s: &mut Session, what: &str) -> Result<()> {
         || {
             let mut t = format!(
                 "done: {what} on {} ({} mode): {rx} packets in, {tx} packets out in {elapsed:.1} s",
-                info.ifname, info.mode
+                info.ifname,
+                info.mode_text()
             );
             for q in &per_queue {
                 t.push_str(&format!(
@@ -562,87 +639,156 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
     use std::os::unix::process::CommandExt;
     let program = a.command[0].clone();
     let shown = program.to_string_lossy().into_owned();
-    let lease = BrokerClient::connect(&a.socket)
+    let not_started = |e: anyhow::Error| {
+        (
+            EXEC_LAUNCHER_FAILED,
+            e.context(format!("{shown} was not started")),
+        )
+    };
+    // A placeholder of the other flow would reach PROGRAM unreplaced: refuse.
+    let foreign = if a.map { "{sock-fds}" } else { "{map-path}" };
+    if a.command[1..]
+        .iter()
+        .any(|x| x.to_string_lossy().contains(foreign))
+    {
+        return not_started(anyhow::anyhow!(
+            "{foreign} is only available {} --map",
+            if a.map { "without" } else { "with" }
+        ));
+    }
+    let broker = match BrokerClient::connect(&a.socket)
         .with_context(|| format!("connecting to the broker at {}", a.socket.display()))
-        .and_then(|b| {
-            b.open(open_request(
+    {
+        Ok(b) => b,
+        Err(e) => return not_started(e),
+    };
+    let asked = || {
+        format!(
+            "leasing {} queue(s) of {} from queue {}",
+            a.queues, a.ifname, a.start_queue
+        )
+    };
+    // Either flow yields: the placeholders' values, the fds to inherit (the
+    // lease fd last), and what to report. The lease objects stay alive (and
+    // their fds open) until exec.
+    let mut socket_lease: Option<Lease> = None;
+    let mut map_lease: Option<MapLease> = None;
+    let mut sockets = Vec::new();
+    let (ifindex, extra, report) = if a.map {
+        let req = open_request(&a.ifname, a.queues, a.start_queue, a.mode, a.copy);
+        let lease = match broker
+            .open_map(OpenMapRequest {
+                ifname: req.ifname,
+                queues: req.queues,
+                start_queue: req.start_queue,
+                mode: req.mode,
+                pin: true,
+            })
+            .with_context(|| format!("{} with its XSKMAP pinned", asked()))
+        {
+            Ok(l) => l,
+            Err(e) => return not_started(e),
+        };
+        let info = lease.info().clone();
+        let path = info.pin_path.clone().unwrap_or_default();
+        let report = json!({
+            "map_path": path, "map_start_index": info.start_queue, "mode": info.mode,
+            "program_id": info.program_id,
+        });
+        map_lease = Some(lease);
+        (
+            info.ifindex,
+            vec![
+                ("map-path", path),
+                ("map-start-index", info.start_queue.to_string()),
+            ],
+            report,
+        )
+    } else {
+        let mut lease = match broker
+            .open(open_request(
                 &a.ifname,
                 a.queues,
                 a.start_queue,
                 a.mode,
                 a.copy,
             ))
-            .with_context(|| {
-                format!(
-                    "leasing {} queue(s) of {} from queue {}",
-                    a.queues, a.ifname, a.start_queue
-                )
-            })
+            .with_context(asked)
+        {
+            Ok(l) => l,
+            Err(e) => return not_started(e),
+        };
+        let info = lease.info().clone();
+        sockets = lease.take_sockets();
+        let sock_fds = sockets
+            .iter()
+            .map(|s| s.fd.as_raw_fd().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let report = json!({
+            "sock_fds": sock_fds, "mode": info.mode, "program_id": info.program_id,
         });
-    let mut lease = match lease {
-        Ok(l) => l,
-        Err(e) => {
-            return (
-                EXEC_LAUNCHER_FAILED,
-                e.context(format!("{shown} was not started")),
-            )
-        }
+        socket_lease = Some(lease);
+        (info.ifindex, vec![("sock-fds", sock_fds)], report)
     };
-    let info = lease.info().clone();
-    let sockets = lease.take_sockets();
-    let fds: Vec<i32> = sockets.iter().map(|s| s.fd.as_raw_fd()).collect();
-    let sock_fds = fds
-        .iter()
-        .map(|f| f.to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let lease_fd = lease.control_fd().as_raw_fd();
-    let vars = [
-        ("sock-fds", sock_fds.clone()),
+    let lease_fd = match (&socket_lease, &map_lease) {
+        (Some(l), _) => l.control_fd(),
+        (_, Some(m)) => m.control_fd(),
+        _ => unreachable!("one of the two leases was just set"),
+    };
+    let lease_fd_num = lease_fd.as_raw_fd();
+    let mut vars = vec![
         ("queues", a.queues.to_string()),
         ("start-queue", a.start_queue.to_string()),
-        ("ifindex", info.ifindex.to_string()),
-        ("lease-fd", lease_fd.to_string()),
+        ("ifindex", ifindex.to_string()),
+        ("lease-fd", lease_fd_num.to_string()),
     ];
+    vars.extend(extra.iter().cloned());
     let args: Vec<std::ffi::OsString> = a.command[1..]
         .iter()
         .map(|x| substitute(x, &vars))
         .collect();
     let mut keep: Vec<std::os::fd::BorrowedFd<'_>> = sockets.iter().map(|s| s.fd.as_fd()).collect();
-    keep.push(lease.control_fd());
+    keep.push(lease_fd);
     if let Err(e) = xsk_client::inherit_only(&keep) {
-        return (
-            EXEC_LAUNCHER_FAILED,
-            anyhow::Error::new(e).context(format!(
-                "setting close-on-exec flags before starting {shown}; it was not started"
-            )),
+        return not_started(
+            anyhow::Error::new(e).context("setting close-on-exec flags before exec"),
         );
     }
     drop(keep);
     if a.json {
-        let line = json!({
+        let mut line = json!({
             "event": "exec", "program": shown,
             "args": args.iter().map(|x| x.to_string_lossy()).collect::<Vec<_>>(),
-            "sock_fds": sock_fds, "lease_fd": lease_fd, "ifname": info.ifname,
-            "ifindex": info.ifindex, "mode": info.mode, "program_id": info.program_id,
-            "queues": info.sockets.iter().map(|s| s.queue_id).collect::<Vec<_>>(),
+            "lease_fd": lease_fd_num, "ifname": a.ifname, "ifindex": ifindex,
+            "queues": (a.start_queue..a.start_queue.saturating_add(a.queues)).collect::<Vec<_>>(),
             "pid": std::process::id(),
         });
+        if let (Some(o), Some(r)) = (line.as_object_mut(), report.as_object()) {
+            o.extend(r.clone());
+        }
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
-    let err = std::process::Command::new(&program)
-        .args(&args)
-        .env("XSK_BROKER_SOCK_FDS", &sock_fds)
-        .env("XSK_BROKER_LEASE_FD", lease_fd.to_string())
-        .exec();
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&args)
+        .env("XSK_BROKER_LEASE_FD", lease_fd_num.to_string());
+    for (k, v) in &extra {
+        let var = match *k {
+            "sock-fds" => "XSK_BROKER_SOCK_FDS",
+            "map-path" => "XSK_BROKER_MAP_PATH",
+            _ => continue,
+        };
+        cmd.env(var, v);
+    }
+    let err = cmd.exec();
     let code = if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
     };
-    // Returning drops the lease and the sockets: the broker takes them back.
+    // Returning drops the lease (and sockets or pin): the broker takes them back.
     (
         code,
         anyhow::Error::new(err).context(format!("cannot execute {shown}")),
