@@ -267,7 +267,23 @@ pub fn claim_sock_fds(list: &str, queues: u32) -> Result<Vec<OwnedFd>, SockFdsEr
 /// marked close-on-exec, then close-on-exec is cleared on the fds in `keep`.
 /// Used by `xsk-client exec` just before it execs.
 pub fn inherit_only(keep: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    sys::cloexec_from(3)?;
+    if let Err(e) = sys::cloexec_from(3) {
+        // Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC: walk /proc/self/fd.
+        if !matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) {
+            return Err(e);
+        }
+        let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+            .filter_map(|d| d.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd >= 3)
+            .collect();
+        for fd in fds {
+            // The directory's own fd is gone by now: EBADF is fine.
+            match sys::set_cloexec_raw(fd, true) {
+                Err(e) if e.raw_os_error() != Some(libc::EBADF) => return Err(e),
+                _ => {}
+            }
+        }
+    }
     for fd in keep {
         sys::set_cloexec_raw(fd.as_raw_fd(), false)?;
     }

@@ -18,8 +18,11 @@
 //! with its version or an [`ErrorCode::UnsupportedVersion`] error. A connection
 //! then holds at most one lease: [`Request::Open`] is answered by
 //! [`Response::Opened`] plus one AF_XDP socket fd per queue, in queue order.
-//! The lease ends when the connection closes (for any reason) or on
-//! [`Request::Release`].
+//! Instead, [`Request::OpenMap`] (the map-path flow) reserves the queues the
+//! same way and is answered by [`Response::MapOpened`] plus the interface's
+//! XSKMAP fd (and a pin path if one was asked for); the client then inserts
+//! sockets of its own. The lease ends when the connection closes (for any
+//! reason) or on [`Request::Release`].
 //! [`Request::Status`] (after hello, with or without a lease) is answered by
 //! [`Response::Status`]: every lease the broker holds and its sockets'
 //! kernel statistics.

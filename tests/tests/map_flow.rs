@@ -411,3 +411,56 @@ fn exec_map_launcher_feeds_a_map_path_program() {
         "{stderr}"
     );
 }
+
+/// 300 map leases with pins, opened and closed: the broker's fd count and the
+/// pin directory come back to where they were, and the program is detached.
+#[test]
+fn map_leases_leak_no_fd_or_pin() {
+    let Some(env) = setup("map_leases_leak_no_fd_or_pin", 2, true) else {
+        return;
+    };
+    // Hold queue 1 so the program stays attached through the cycles.
+    let holder = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest {
+            start_queue: 1,
+            ..OpenRequest::new(env.tb.xsk_if.clone(), 1)
+        })
+        .unwrap();
+    let baseline = env.broker.open_fd_count().unwrap();
+    let open = || {
+        BrokerClient::connect(env.broker.socket_path())
+            .unwrap()
+            .open_map(OpenMapRequest {
+                pin: true,
+                ..OpenMapRequest::new(env.tb.xsk_if.clone(), 1)
+            })
+    };
+    for i in 0..300 {
+        let lease = match open() {
+            Ok(l) => l,
+            // The previous cycle's close may not be processed yet.
+            Err(e) if e.broker_code() == Some(ErrorCode::QueueBusy) => {
+                wait_until("queue 0 to be free", Duration::from_secs(5), || open().ok())
+            }
+            Err(e) => panic!("cycle {i}: {e}"),
+        };
+        let pin = PathBuf::from(lease.info().pin_path.clone().unwrap());
+        assert!(pin.exists(), "cycle {i}: {}", pin.display());
+        drop(lease);
+    }
+    let after = wait_until("the broker's fds to settle", Duration::from_secs(5), || {
+        let n = env.broker.open_fd_count().unwrap();
+        (n <= baseline).then_some(n)
+    });
+    assert!(after <= baseline, "fds grew from {baseline} to {after}");
+    wait_until("the pins to be removed", Duration::from_secs(5), || {
+        (std::fs::read_dir(&env.pins).unwrap().count() == 0).then_some(())
+    });
+    drop(holder);
+    wait_until(
+        "the XDP program to be detached",
+        Duration::from_secs(5),
+        || env.tb.xdp_prog_id().unwrap().is_none().then_some(()),
+    );
+}
