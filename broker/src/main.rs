@@ -6,6 +6,7 @@
 //! when it closes the broker removes the map entries, closes its copies and
 //! detaches the program once no lease uses the interface.
 
+mod activation;
 mod privs;
 mod server;
 mod state;
@@ -27,14 +28,19 @@ use tracing::info;
 #[command(name = "xsk-brokerd", version, about, long_about = None)]
 struct Args {
     /// Path of the Unix control socket to listen on. A stale socket file left
-    /// by a dead broker is replaced; a live one is an error.
+    /// by a dead broker is replaced; a live one is an error. Not needed when
+    /// systemd passes the socket (socket activation: LISTEN_FDS/LISTEN_PID,
+    /// the xsk-broker.socket unit); if given then, it must be the passed
+    /// socket's path.
     #[arg(long, value_name = "PATH")]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
 
-    /// Permission bits of the control socket, in octal. Whoever can connect
-    /// can lease sockets, so keep it tight.
-    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode)]
-    socket_mode: u32,
+    /// Permission bits of the control socket, in octal [default: 0600].
+    /// Whoever can connect can lease sockets and read the status, so keep it
+    /// tight. Under socket activation set SocketMode= in the .socket unit
+    /// instead.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    socket_mode: Option<u32>,
 
     /// Log filter: error, warn, info, debug, trace, or tracing directives
     /// such as `info,xsk_brokerd::server=debug`. When not given, the
@@ -182,7 +188,83 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn run(args: Args) -> Result<()> {
+/// Where the control socket comes from.
+struct Control {
+    listener: UnixListener,
+    /// Its path, for logs.
+    shown: String,
+    /// The socket file to remove at exit: the one the broker bound, never
+    /// one the service manager owns.
+    remove_at_exit: Option<PathBuf>,
+}
+
+/// Use the socket passed by socket activation, or bind `--socket`.
+fn control_socket(args: &Args, activation: activation::Activation) -> Result<Control> {
+    use activation::Activation;
+    match activation {
+        Activation::Socket {
+            listener,
+            path,
+            name,
+        } => {
+            if args.socket_mode.is_some() {
+                bail!(
+                    "--socket-mode does not apply to a socket passed by socket activation; set SocketMode= (and SocketGroup=) in the .socket unit instead"
+                );
+            }
+            if let Some(want) = &args.socket {
+                if path.as_deref() != Some(want.as_path()) {
+                    bail!(
+                        "--socket {} was given, but the socket passed by socket activation is bound to {}; drop --socket or make the .socket unit's ListenStream= match",
+                        want.display(),
+                        path.as_deref()
+                            .map_or("no path".to_owned(), |p| p.display().to_string())
+                    );
+                }
+            }
+            let shown = path
+                .as_deref()
+                .map_or("an unnamed socket".to_owned(), |p| p.display().to_string());
+            info!(
+                socket = %shown, fd_name = name.as_deref().unwrap_or(""),
+                "using the listening socket passed by socket activation (fd 3)"
+            );
+            Ok(Control {
+                listener,
+                shown,
+                remove_at_exit: None,
+            })
+        }
+        other => {
+            let Some(path) = &args.socket else {
+                let why = match other {
+                    Activation::ForOtherProcess { listen_pid } => format!(
+                        " (LISTEN_FDS was set for pid {listen_pid}, not this process, pid {}, so it was ignored)",
+                        std::process::id()
+                    ),
+                    _ => String::new(),
+                };
+                bail!(
+                    "no control socket: pass --socket PATH, or start xsk-brokerd through systemd socket activation (xsk-broker.socket){why}"
+                );
+            };
+            if let Activation::ForOtherProcess { listen_pid } = other {
+                tracing::warn!(
+                    "ignoring LISTEN_FDS: LISTEN_PID={listen_pid} names another process"
+                );
+            }
+            let mode = args.socket_mode.unwrap_or(0o600);
+            let listener = bind_socket(path, mode)?;
+            Ok(Control {
+                listener,
+                shown: format!("{} (mode {mode:o})", path.display()),
+                remove_at_exit: Some(path.clone()),
+            })
+        }
+    }
+}
+
+fn run(args: Args, activation: activation::Activation) -> Result<()> {
     xdp::route_library_logs();
     // Block the stop signals in every thread; one thread waits for them.
     let mut stop = SigSet::empty();
@@ -190,6 +272,10 @@ fn run(args: Args) -> Result<()> {
     stop.add(Signal::SIGINT);
     stop.thread_block().context("blocking SIGTERM/SIGINT")?;
 
+    // Without a socket there is nothing to do: say so before anything else.
+    if args.socket.is_none() && !matches!(activation, activation::Activation::Socket { .. }) {
+        return control_socket(&args, activation).map(|_| ());
+    }
     let permitted = privs::check()?;
     if let Some(dir) = &args.bpffs_dir {
         if !permitted.contains(&caps::Capability::CAP_CHOWN) {
@@ -200,23 +286,25 @@ fn run(args: Args) -> Result<()> {
         }
         prepare_bpffs_dir(dir)?;
     }
-    let listener = bind_socket(&args.socket, args.socket_mode)?;
+    let control = control_socket(&args, activation)?;
     let kept = match privs::drop_unneeded(&permitted, args.bpffs_dir.is_some()) {
         Ok(k) => k,
         Err(e) => {
-            let _ = std::fs::remove_file(&args.socket);
+            if let Some(p) = &control.remove_at_exit {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(e);
         }
     };
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     kept.sort();
     info!(
-        socket = %args.socket.display(), mode = format!("{:o}", args.socket_mode),
-        capabilities = %kept.join(","), "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
+        socket = %control.shown, capabilities = %kept.join(","),
+        "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
     );
 
     let broker = Arc::new(state::Broker::with_bpffs_dir(args.bpffs_dir.clone()));
-    let socket_path = args.socket.clone();
+    let socket_path = control.remove_at_exit.clone();
     let waiter_broker = Arc::clone(&broker);
     std::thread::Builder::new()
         .name("xsk-signals".into())
@@ -230,21 +318,31 @@ fn run(args: Args) -> Result<()> {
                 "stopping on {sig}: {queues} queue(s) on {ifaces} interface(s) still leased; \
                  their sockets stay with their holders"
             );
-            let _ = std::fs::remove_file(&socket_path);
+            if let Some(p) = &socket_path {
+                let _ = std::fs::remove_file(p);
+            }
             std::process::exit(0);
         })
         .context("starting the signal thread")?;
 
-    server::serve(listener, broker).context("serving the control socket")
+    server::serve(control.listener, broker).context("serving the control socket")
 }
 
 fn main() {
     let args = Args::parse();
+    // First, while the process has one thread and has opened nothing.
+    let activation = match activation::take_listener() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("xsk-brokerd: {e:#}");
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
         eprintln!("xsk-brokerd: {e:#}");
         std::process::exit(1);
     }
-    if let Err(e) = run(args) {
+    if let Err(e) = run(args, activation) {
         eprintln!("xsk-brokerd: {e:#}");
         std::process::exit(1);
     }

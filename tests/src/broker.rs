@@ -119,6 +119,79 @@ impl BrokerProcess {
         Ok(broker)
     }
 
+    /// Start `xsk-brokerd` in `ns` the way systemd's socket activation does:
+    /// `systemd-socket-activate --fdname=xsk-broker -l dir/xsk-brokerd.sock xsk-brokerd
+    /// [EXTRA...]` (no `--socket`). `systemd-socket-activate` binds and listens, and on the
+    /// first connection execs the broker in place with the listening socket as fd 3 and
+    /// `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` set. The socket file is made mode 0666 (as
+    /// a .socket unit's `SocketMode=0666` would), a first connection wakes it, and this waits
+    /// until the pid runs the broker itself and accepts connections.
+    pub fn spawn_socket_activated(ns: &Netns, dir: &Path, extra: &[&str]) -> Result<BrokerProcess> {
+        let bin = workspace_bin("xsk-brokerd")?;
+        let socket = dir.join("xsk-brokerd.sock");
+        let log_path = dir.join("xsk-brokerd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening broker log {}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
+        let mut cmd = ns.exec_command(["systemd-socket-activate", "--fdname=xsk-broker", "-l"]);
+        cmd.arg(&socket)
+            .arg(&bin)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let line = describe(&cmd);
+        let child = cmd.spawn().with_context(|| format!("spawning `{line}`"))?;
+        let mut broker = BrokerProcess {
+            child,
+            status: None,
+            bin: bin.clone(),
+            socket,
+            log_path,
+            ns: ns.name().to_owned(),
+        };
+        let woken = (|| -> Result<()> {
+            let deadline = Instant::now() + BROKER_READY_TIMEOUT;
+            let want = std::fs::canonicalize(&bin).unwrap_or_else(|_| bin.clone());
+            let mut woke = false;
+            loop {
+                if let Some(st) = broker.try_wait()? {
+                    bail!("exited before the broker was ready ({st})");
+                }
+                if !woke && broker.socket.exists() {
+                    std::fs::set_permissions(
+                        &broker.socket,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+                    )
+                    .with_context(|| format!("chmod 0666 {}", broker.socket.display()))?;
+                    woke = UnixStream::connect(&broker.socket).is_ok();
+                }
+                let exe = std::fs::read_link(format!("/proc/{}/exe", broker.pid())).ok();
+                if woke && exe.as_deref() == Some(want.as_path()) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "pid {} still runs {exe:?}, not {}, after {BROKER_READY_TIMEOUT:?}",
+                        broker.pid(),
+                        want.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })();
+        if let Err(e) = woken.and_then(|()| broker.wait_ready(BROKER_READY_TIMEOUT)) {
+            let _ = broker.kill();
+            return Err(e.context(format!("starting `{line}`; log:\n{}", broker.log())));
+        }
+        Ok(broker)
+    }
+
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last_err = String::from("socket file does not exist yet");

@@ -354,3 +354,64 @@ fn json_logs_carry_grant_refuse_and_release_events() {
     assert_eq!(release["queues"], "[0]");
     drop(broker);
 }
+
+/// The broker started the way systemd's socket activation starts it
+/// (`systemd-socket-activate`: a listening socket as fd 3, LISTEN_FDS,
+/// LISTEN_PID, LISTEN_FDNAMES; no --socket) leases sockets through that
+/// socket, traffic flows, and at stop it leaves the socket file to its owner.
+#[test]
+fn socket_activated_broker_leases_sockets() {
+    let test = "socket_activated_broker_leases_sockets";
+    if !require_root(test) {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(2).unwrap();
+    let dir = TempDir::new("xsk-ops").unwrap();
+    let mut broker =
+        BrokerProcess::spawn_socket_activated(&tb.xsk, dir.path(), &["--log-format", "json"])
+            .unwrap();
+    let frames = TEST_FRAMES.to_string();
+    let mut c = ClientProcess::spawn(
+        "echo",
+        broker.socket_path(),
+        &["--ifname", &tb.xsk_if, "--queues", "2", "--frames", &frames],
+        None,
+    )
+    .unwrap();
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_eq!(ready["queues"], serde_json::json!([0, 1]));
+    udp_roundtrip(&tb, 32, 8, Duration::from_secs(5))
+        .unwrap()
+        .verify()
+        .unwrap();
+    let (done, status) = c.stop().unwrap();
+    assert!(status.success(), "{status}");
+    for q in done["queues"].as_array().unwrap() {
+        assert!(q["counters"]["rx_packets"].as_u64().unwrap() > 0, "{q}");
+    }
+
+    let log: Vec<Value> = broker
+        .log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let activated = log
+        .iter()
+        .find(|v| v["message"] == "using the listening socket passed by socket activation (fd 3)")
+        .unwrap_or_else(|| panic!("no activation line in {log:#?}"));
+    assert_eq!(activated["fd_name"], "xsk-broker");
+    assert_eq!(
+        activated["socket"],
+        broker.socket_path().display().to_string()
+    );
+    assert!(log.iter().any(|v| v["event"] == "grant"), "{log:#?}");
+
+    let st = broker.terminate().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(
+        broker.socket_path().exists(),
+        "the socket file belongs to the service manager and must stay"
+    );
+}
