@@ -127,7 +127,9 @@ fn run() -> Result<()> {
     println!(
         "cleanup      lease ended; XDP program on {}: {}",
         tb.xsk_if,
-        left.map_or("none left".to_owned(), |id| format!("id {id} STILL ATTACHED"))
+        left.map_or("none left".to_owned(), |id| format!(
+            "id {id} STILL ATTACHED"
+        ))
     );
     drop(tb);
     verified.context("the echoed traffic did not verify")?;
