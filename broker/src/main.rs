@@ -7,6 +7,7 @@
 //! detaches the program once no lease uses the interface.
 
 mod activation;
+mod metrics;
 mod privs;
 mod server;
 mod state;
@@ -62,6 +63,32 @@ struct Args {
     /// the lease ends. Needs CAP_CHOWN, which the broker then keeps.
     #[arg(long, value_name = "DIR")]
     bpffs_dir: Option<PathBuf>,
+
+    /// Serve Prometheus text metrics (`GET /metrics` over HTTP) on this Unix
+    /// socket: leases, grants, releases, refusals by error code and each
+    /// leased socket's XDP_STATISTICS. A stale socket file is replaced.
+    #[arg(long, value_name = "PATH")]
+    metrics_socket: Option<PathBuf>,
+
+    /// Permission bits of the metrics socket, in octal [default: 0600].
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "metrics_socket")]
+    metrics_socket_mode: Option<u32>,
+
+    /// Serve the same metrics on this loopback TCP address, e.g.
+    /// 127.0.0.1:9465 (port 0 picks a free port, logged at start). Only
+    /// loopback addresses are accepted. The packaged service restricts
+    /// address families to AF_UNIX AF_NETLINK AF_XDP: add AF_INET/AF_INET6
+    /// to use this there.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_loopback)]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an ADDR:PORT such as 127.0.0.1:9465"))?;
+    metrics::check_loopback(addr)?;
+    Ok(addr)
 }
 
 /// Check that `dir` is (or can be made) a directory on a bpffs, and make it
@@ -264,6 +291,17 @@ fn control_socket(args: &Args, activation: activation::Activation) -> Result<Con
     }
 }
 
+/// Removes the files it names when dropped (start-up failed part way).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 fn run(args: Args, activation: activation::Activation) -> Result<()> {
     xdp::route_library_logs();
     // Block the stop signals in every thread; one thread waits for them.
@@ -287,15 +325,28 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         prepare_bpffs_dir(dir)?;
     }
     let control = control_socket(&args, activation)?;
-    let kept = match privs::drop_unneeded(&permitted, args.bpffs_dir.is_some()) {
-        Ok(k) => k,
-        Err(e) => {
-            if let Some(p) = &control.remove_at_exit {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e);
-        }
-    };
+    // Socket files this broker created: removed if start-up fails, and at exit.
+    let mut created = RemoveOnDrop(control.remove_at_exit.iter().cloned().collect());
+    let mut metrics_endpoints = Vec::new();
+    if let Some(path) = &args.metrics_socket {
+        let mode = args.metrics_socket_mode.unwrap_or(0o600);
+        let l = bind_socket(path, mode).context("--metrics-socket")?;
+        created.0.push(path.clone());
+        info!(socket = %path.display(), mode = format!("{mode:o}"), "serving metrics");
+        metrics_endpoints.push(metrics::Endpoint::Unix(l));
+    }
+    if let Some(addr) = args.metrics_listen {
+        let l = std::net::TcpListener::bind(addr).with_context(|| {
+            format!(
+                "--metrics-listen {addr}: cannot listen (under systemd, RestrictAddressFamilies= \
+                 must allow AF_INET/AF_INET6 for this)"
+            )
+        })?;
+        let local = l.local_addr().context("--metrics-listen: local address")?;
+        info!(metrics_listen = %local, "serving metrics on http://{local}/metrics");
+        metrics_endpoints.push(metrics::Endpoint::Tcp(l));
+    }
+    let kept = privs::drop_unneeded(&permitted, args.bpffs_dir.is_some())?;
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     kept.sort();
     info!(
@@ -304,7 +355,12 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
     );
 
     let broker = Arc::new(state::Broker::with_bpffs_dir(args.bpffs_dir.clone()));
-    let socket_path = control.remove_at_exit.clone();
+    let started = std::time::Instant::now();
+    for endpoint in metrics_endpoints {
+        metrics::spawn(endpoint, Arc::clone(&broker), started)
+            .context("starting the metrics thread")?;
+    }
+    let socket_files = std::mem::take(&mut created.0);
     let waiter_broker = Arc::clone(&broker);
     std::thread::Builder::new()
         .name("xsk-signals".into())
@@ -318,7 +374,7 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
                 "stopping on {sig}: {queues} queue(s) on {ifaces} interface(s) still leased; \
                  their sockets stay with their holders"
             );
-            if let Some(p) = &socket_path {
+            for p in &socket_files {
                 let _ = std::fs::remove_file(p);
             }
             std::process::exit(0);

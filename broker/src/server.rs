@@ -168,6 +168,7 @@ impl Connection {
                             ifname = %opened.ifname, queues = ?lease.queues(),
                             mode = %opened.mode, program_id = opened.program_id, "granted"
                         );
+                        crate::metrics::COUNTERS.grant();
                         let fds = lease.fds();
                         let sent = self.send(&Response::Opened(opened), &fds);
                         drop(fds);
@@ -210,6 +211,7 @@ impl Connection {
                             mode = %opened.mode, program_id = opened.program_id,
                             pin = opened.pin_path.as_deref().unwrap_or("-"), "granted the XSKMAP"
                         );
+                        crate::metrics::COUNTERS.grant();
                         let sent = self.send(&Response::MapOpened(opened), &[map_fd.as_fd()]);
                         drop(map_fd);
                         self.lease = Some(lease);
@@ -240,6 +242,7 @@ impl Connection {
                 event = "release", pid = p.pid, uid = p.uid, gid = p.gid,
                 ifname = %lease.ifname(), queues = ?lease.queues(), "released: {why}"
             );
+            crate::metrics::COUNTERS.release();
             self.broker.release(lease);
         }
     }
@@ -255,6 +258,7 @@ impl Connection {
     }
 
     fn reply_error(&self, e: ErrorReply) {
+        crate::metrics::COUNTERS.refusal(e.code);
         self.send(&Response::Error(e), &[]);
     }
 }

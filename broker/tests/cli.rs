@@ -213,3 +213,48 @@ fn without_a_socket_it_says_how_to_give_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("LISTEN_FDS=\"one\" is not a number"), "{err}");
 }
+
+#[test]
+fn metrics_options_are_validated() {
+    let out = brokerd()
+        .args([
+            "--socket",
+            "/tmp/unused.sock",
+            "--metrics-listen",
+            "0.0.0.0:9465",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.0.0:9465 is not a loopback address"),
+        "{err}"
+    );
+
+    let out = brokerd()
+        .args([
+            "--socket",
+            "/tmp/unused.sock",
+            "--metrics-listen",
+            "localhost",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"localhost\" is not an ADDR:PORT"), "{err}");
+
+    let out = brokerd()
+        .args([
+            "--socket",
+            "/tmp/unused.sock",
+            "--metrics-socket-mode",
+            "0660",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--metrics-socket <PATH>"), "{err}");
+}

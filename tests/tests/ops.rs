@@ -415,3 +415,201 @@ fn socket_activated_broker_leases_sockets() {
         "the socket file belongs to the service manager and must stay"
     );
 }
+
+/// One HTTP/1.1 request on `conn`; returns (status line, headers, body).
+fn http<S: std::io::Read + std::io::Write>(mut conn: S, request: &str) -> (String, String, String) {
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_owned(), headers.to_owned(), body.to_owned())
+}
+
+/// Parse the Prometheus text format: `name{labels} value` samples, checking
+/// that each belongs to a family declared by `# TYPE` and `# HELP` lines.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut helped = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            typed.insert(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split_once(' ').unwrap().0.to_owned());
+        } else if !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(
+                typed.contains(name) && helped.contains(name),
+                "undeclared: {line}"
+            );
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            assert!(
+                samples.insert(series.to_owned(), v).is_none(),
+                "duplicate: {line}"
+            );
+        }
+    }
+    samples
+}
+
+/// `--metrics-socket` and `--metrics-listen` serve Prometheus text: grants,
+/// releases, refusals by code, leases and per-queue XDP statistics, scraped
+/// with a plain HTTP GET while traffic flows.
+#[test]
+fn metrics_are_scraped_over_http() {
+    use std::os::unix::net::UnixStream;
+    let test = "metrics_are_scraped_over_http";
+    if !require_root(test) {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(2).unwrap();
+    let dir = TempDir::new("xsk-ops").unwrap();
+    let msock = dir.join("metrics.sock");
+    let broker = BrokerProcess::spawn_with_args(
+        &tb.xsk,
+        dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "--metrics-socket",
+            msock.to_str().unwrap(),
+            "--metrics-socket-mode",
+            "0666",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    let scrape = || {
+        let (status, headers, body) = http(
+            UnixStream::connect(&msock).unwrap(),
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        );
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            headers.contains("Content-Type: text/plain; version=0.0.4"),
+            "{headers}"
+        );
+        parse_metrics(&body)
+    };
+    let m = scrape();
+    assert_eq!(m["xsk_broker_grants_total"], 0.0);
+    assert_eq!(m["xsk_broker_leases"], 0.0);
+    assert_eq!(m["xsk_broker_refusals_total{code=\"queue_busy\"}"], 0.0);
+
+    let frames = TEST_FRAMES.to_string();
+    let ifname = tb.xsk_if.as_str();
+    let mut c = ClientProcess::spawn(
+        "echo",
+        broker.socket_path(),
+        &["--ifname", ifname, "--queues", "2", "--frames", &frames],
+        None,
+    )
+    .unwrap();
+    c.wait_event("ready", READY).unwrap();
+    udp_roundtrip(&tb, 32, 8, Duration::from_secs(5))
+        .unwrap()
+        .verify()
+        .unwrap();
+    let refused = ClientProcess::spawn(
+        "rx",
+        broker.socket_path(),
+        &["--ifname", ifname, "--frames", &frames],
+        None,
+    )
+    .unwrap();
+    refused.wait_failure(READY).unwrap();
+
+    let m = scrape();
+    assert_eq!(m["xsk_broker_grants_total"], 1.0, "{m:#?}");
+    assert_eq!(m["xsk_broker_leases"], 1.0);
+    assert_eq!(
+        m[&format!("xsk_broker_leased_queues{{ifname=\"{ifname}\"}}")],
+        2.0
+    );
+    assert_eq!(m["xsk_broker_refusals_total{code=\"queue_busy\"}"], 1.0);
+    assert_eq!(m["xsk_broker_releases_total"], 0.0);
+    let st = status_json_at(broker.socket_path());
+    for q in 0..2 {
+        let series = |stat: &str| {
+            format!("xsk_broker_xdp_{stat}_total{{ifname=\"{ifname}\",queue=\"{q}\"}}")
+        };
+        assert!(m[&series("tx_ring_empty_descs")] > 0.0, "queue {q}: {m:#?}");
+        // The same socket counters status reports (rx ones are still now).
+        let s = &st["leases"][0]["sockets"][q];
+        assert_eq!(s["queue_id"], q);
+        for stat in [
+            "rx_dropped",
+            "rx_invalid_descs",
+            "rx_ring_full",
+            "rx_fill_ring_empty_descs",
+        ] {
+            assert_eq!(
+                m[&series(stat)],
+                s["statistics"][stat].as_u64().unwrap() as f64,
+                "{stat} queue {q}"
+            );
+        }
+    }
+
+    // The loopback port, from the log, inside the broker's namespace.
+    let port_line = broker
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v.get("metrics_listen").is_some())
+        .expect("metrics_listen logged");
+    let addr: std::net::SocketAddr = port_line["metrics_listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    c.stop().unwrap();
+    let (m, not_found, not_allowed) = tb
+        .xsk
+        .enter_thread(|| {
+            let tcp = || std::net::TcpStream::connect(addr).unwrap();
+            let m = wait_until("the release to be counted", READY, || {
+                let (status, _, body) = http(tcp(), "GET /metrics HTTP/1.0\r\n\r\n");
+                assert_eq!(status, "HTTP/1.1 200 OK");
+                let m = parse_metrics(&body);
+                (m["xsk_broker_releases_total"] == 1.0).then_some(m)
+            });
+            let not_found = http(tcp(), "GET /secrets HTTP/1.0\r\n\r\n").0;
+            let not_allowed = http(tcp(), "POST /metrics HTTP/1.0\r\n\r\n").0;
+            (m, not_found, not_allowed)
+        })
+        .unwrap();
+    assert_eq!(m["xsk_broker_leases"], 0.0);
+    assert!(
+        !m.keys().any(|k| k.starts_with("xsk_broker_xdp_")),
+        "{m:#?}"
+    );
+    assert_eq!(not_found, "HTTP/1.1 404 Not Found");
+    assert_eq!(not_allowed, "HTTP/1.1 405 Method Not Allowed");
+    drop(broker);
+}
+
+fn status_json_at(socket: &std::path::Path) -> Value {
+    let out = Command::new(workspace_bin("xsk-brokerctl").unwrap())
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
