@@ -7,6 +7,7 @@
 //! detaches the program once no lease uses the interface.
 
 mod activation;
+mod cli;
 mod metrics;
 mod privs;
 mod server;
@@ -21,75 +22,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use cli::{Args, LogFormat};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::info;
-
-/// Privileged broker handing AF_XDP sockets to unprivileged processes.
-#[derive(Parser, Debug)]
-#[command(name = "xsk-brokerd", version, about, long_about = None)]
-struct Args {
-    /// Path of the Unix control socket to listen on. A stale socket file left
-    /// by a dead broker is replaced; a live one is an error. Not needed when
-    /// systemd passes the socket (socket activation: LISTEN_FDS/LISTEN_PID,
-    /// the xsk-broker.socket unit); if given then, it must be the passed
-    /// socket's path.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-
-    /// Permission bits of the control socket, in octal [default: 0600].
-    /// Whoever can connect can lease sockets and read the status, so keep it
-    /// tight. Under socket activation set SocketMode= in the .socket unit
-    /// instead.
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
-    socket_mode: Option<u32>,
-
-    /// Log filter: error, warn, info, debug, trace, or tracing directives
-    /// such as `info,xsk_brokerd::server=debug`. When not given, the
-    /// XSK_BROKER_LOG environment variable is used, else `info`.
-    #[arg(long, value_name = "FILTER", value_parser = parse_filter)]
-    log_level: Option<String>,
-
-    /// Log format on standard error: `human` (one readable line per event)
-    /// or `json` (one JSON object per line, for log collectors; grants,
-    /// refusals and releases carry `event`, `pid`, `uid`, `gid`, `ifname`
-    /// and `queues` fields).
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
-
-    /// Directory on a bpffs where XSKMAPs are pinned for clients that ask
-    /// for a pin (`open_map` with `pin: true`, QEMU's `map-path=`). Created
-    /// (mode 0711) if missing; its parent must be on a bpf filesystem. Each
-    /// pin is owned by the requesting uid with mode 0600 and removed when
-    /// the lease ends. Needs CAP_CHOWN, which the broker then keeps.
-    #[arg(long, value_name = "DIR")]
-    bpffs_dir: Option<PathBuf>,
-
-    /// Serve Prometheus text metrics (`GET /metrics` over HTTP) on this Unix
-    /// socket: leases, grants, releases, refusals by error code and each
-    /// leased socket's XDP_STATISTICS. A stale socket file is replaced.
-    #[arg(long, value_name = "PATH")]
-    metrics_socket: Option<PathBuf>,
-
-    /// Permission bits of the metrics socket, in octal [default: 0600].
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "metrics_socket")]
-    metrics_socket_mode: Option<u32>,
-
-    /// Serve the same metrics on this loopback TCP address, e.g.
-    /// 127.0.0.1:9465 (port 0 picks a free port, logged at start). Only
-    /// loopback addresses are accepted. The packaged service restricts
-    /// address families to AF_UNIX AF_NETLINK AF_XDP: add AF_INET/AF_INET6
-    /// to use this there.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_loopback)]
-    metrics_listen: Option<std::net::SocketAddr>,
-}
-
-fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
-    let addr: std::net::SocketAddr = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an ADDR:PORT such as 127.0.0.1:9465"))?;
-    metrics::check_loopback(addr)?;
-    Ok(addr)
-}
 
 /// Check that `dir` is (or can be made) a directory on a bpffs, and make it
 /// mode 0711: clients may open pins by name but not list them.
@@ -125,30 +60,6 @@ fn prepare_bpffs_dir(dir: &Path) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("--bpffs-dir: chmod 0711 {}", dir.display()))?;
     Ok(())
-}
-
-/// How log lines are written.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    /// Readable lines (colored when standard error is a terminal).
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
-fn parse_filter(s: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| format!("{s:?} is not a log filter ({e}); use e.g. info or debug"))
-}
-
-fn parse_mode(s: &str) -> Result<u32, String> {
-    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("{s:?} is not an octal mode such as 0660"))?;
-    if m > 0o777 {
-        return Err(format!("{s:?} has bits beyond 0777"));
-    }
-    Ok(m)
 }
 
 fn init_logging(level: Option<&str>, format: LogFormat) -> Result<()> {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -266,18 +266,6 @@ pub enum Endpoint {
     Unix(UnixListener),
     /// A loopback TCP socket.
     Tcp(TcpListener),
-}
-
-/// Check that `addr` is a loopback address: metrics are for the local host.
-pub fn check_loopback(addr: SocketAddr) -> Result<(), String> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{addr} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only \
-             (use a local proxy or the Unix socket to export them further)"
-        ))
-    }
 }
 
 /// Serve metrics on `endpoint` in a thread of its own, one scrape at a time.

@@ -143,3 +143,169 @@ fn systemd_service_grants_only_what_the_broker_needs() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     assert!(score <= 3.0, "exposure {score} (0 best, 10 worst):\n{text}");
 }
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+fn package_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "xsk-broker"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("installed"))
+}
+
+/// Purges the package if a test installed it and failed half way.
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        if package_installed() {
+            let _ = Command::new("dpkg").args(["-P", "xsk-broker"]).output();
+        }
+    }
+}
+
+/// The Debian package (packaging/deb/build, cargo-deb) installs with dpkg,
+/// its binaries, man pages, units and group are there and work (a lease
+/// through the installed broker), and `dpkg -P` removes every trace.
+///
+/// Cost: about 10 s here; it packages the binaries `cargo test` already
+/// built (dev profile, `--no-build`). scripts/install-deps installs
+/// cargo-deb (one to two minutes, once).
+#[test]
+fn debian_package_installs_runs_and_purges() {
+    use xsk_client::{BrokerClient, OpenRequest};
+    use xsk_testbed::{require_root, serial_guard, BrokerProcess, Testbed};
+    let test = "debian_package_installs_runs_and_purges";
+    if !require_root(test) || !have_systemd_analyze(test) {
+        return;
+    }
+    if Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{test}: cargo-deb is missing; scripts/install-deps installs it"
+        );
+        eprintln!("SKIP {test}: cargo-deb not installed");
+        return;
+    }
+    if package_installed() {
+        panic!("{test}: package xsk-broker is already installed on this machine; not touching it");
+    }
+    let _lock = serial_guard().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = run(Command::new(root.join("packaging/deb/build"))
+        .args(["--profile", "dev", "--no-build"])
+        .current_dir(&root));
+    let deb = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with(".deb"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no .deb named in:\n{out}"));
+    assert!(deb.is_file(), "{}", deb.display());
+
+    let _purge = Purge;
+    run(Command::new("dpkg").arg("-i").arg(&deb));
+    let files: Vec<PathBuf> = run(Command::new("dpkg").args(["-L", "xsk-broker"]))
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    for want in [
+        "/usr/bin/xsk-brokerd",
+        "/usr/bin/xsk-brokerctl",
+        "/usr/bin/xsk-client",
+        "/usr/share/man/man8/xsk-brokerd.8.gz",
+        "/usr/share/man/man1/xsk-brokerctl.1.gz",
+        "/usr/share/man/man1/xsk-brokerctl-status.1.gz",
+        "/usr/lib/systemd/system/xsk-broker.service",
+        "/usr/lib/systemd/system/xsk-broker.socket",
+        "/etc/default/xsk-broker",
+    ] {
+        assert!(
+            files.contains(&PathBuf::from(want)),
+            "{want} not installed: {files:?}"
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    for bin in ["xsk-brokerd", "xsk-brokerctl", "xsk-client"] {
+        let v = run(Command::new(format!("/usr/bin/{bin}")).arg("--version"));
+        assert_eq!(v.trim(), format!("{bin} {version}"));
+        let help = run(Command::new(format!("/usr/bin/{bin}")).arg("--help"));
+        assert!(help.contains("Usage:"), "{bin} --help:\n{help}");
+    }
+    // The man page is the --help text.
+    let man = run(Command::new("sh").args(["-c", "gzip -dc /usr/share/man/man8/xsk-brokerd.8.gz"]));
+    for opt in ["socket\\-mode", "log\\-format", "metrics\\-listen"] {
+        assert!(man.contains(opt), "xsk-brokerd.8 lacks {opt}:\n{man}");
+    }
+    // The installed units verify against the installed binary.
+    let (ok, text) = verify(&[
+        PathBuf::from("/usr/lib/systemd/system/xsk-broker.socket"),
+        PathBuf::from("/usr/lib/systemd/system/xsk-broker.service"),
+    ]);
+    assert!(ok && text.trim().is_empty(), "{text}");
+    let group = run(Command::new("getent").args(["group", "xsk-broker"]));
+    assert!(group.starts_with("xsk-broker:"), "{group}");
+
+    // A lease through the installed broker, in a test bed.
+    {
+        let tb = Testbed::new(1).unwrap();
+        let dir = TempDir::new("xsk-deb").unwrap();
+        let broker =
+            BrokerProcess::spawn_bin(Path::new("/usr/bin/xsk-brokerd"), &tb.xsk, dir.path(), &[])
+                .unwrap();
+        let lease = BrokerClient::connect(broker.socket_path())
+            .unwrap()
+            .open(OpenRequest::new(tb.xsk_if.clone(), 1))
+            .unwrap();
+        assert_eq!(lease.info().sockets.len(), 1);
+        let status = run(Command::new("/usr/bin/xsk-brokerctl")
+            .args(["status", "--socket"])
+            .arg(broker.socket_path()));
+        assert!(status.contains("1 lease(s), 1 queue(s)"), "{status}");
+        drop(lease);
+        drop(broker);
+    }
+
+    run(Command::new("dpkg").args(["-P", "xsk-broker"]));
+    assert!(!package_installed());
+    let left: Vec<&PathBuf> = files.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "left behind after dpkg -P: {left:?}");
+    let dirs: Vec<&str> = ["/etc/systemd", "/var/lib/systemd"]
+        .into_iter()
+        .filter(|d| Path::new(d).is_dir())
+        .collect();
+    let traces = if dirs.is_empty() {
+        String::new()
+    } else {
+        run(Command::new("find")
+            .args(&dirs)
+            .args(["-name", "*xsk-broker*"]))
+    };
+    assert!(traces.trim().is_empty(), "systemd traces left: {traces}");
+    let group = Command::new("getent")
+        .args(["group", "xsk-broker"])
+        .output()
+        .unwrap();
+    assert!(!group.status.success(), "group xsk-broker left behind");
+}

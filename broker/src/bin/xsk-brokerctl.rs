@@ -5,57 +5,19 @@
 //! (`XDP_STATISTICS`), as tables or, with `--json`, as one JSON object.
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+#[path = "../ctl_cli.rs"]
+mod ctl_cli;
+
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use ctl_cli::{Args, Command};
 use xsk_broker_protocol::{
     decode_response, Channel, Hello, Request, Response, StatusReply, StatusRequest,
     PROTOCOL_VERSION,
 };
-
-/// Default control socket of a broker run by the packaged systemd units.
-const DEFAULT_SOCKET: &str = "/run/xsk-broker/broker.sock";
-
-/// Query a running xsk-brokerd.
-///
-/// Today anyone who can connect to the broker's control socket may read its
-/// status; the socket's permissions decide who can.
-#[derive(Parser, Debug)]
-#[command(name = "xsk-brokerctl", version, about, long_about)]
-pub struct Args {
-    /// Path of the broker's Unix control socket.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-
-    /// How long to wait for the broker's answer, in seconds.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout: u64,
-
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Show every lease and each leased socket's XDP_STATISTICS.
-    ///
-    /// Columns: the lease id, interface and ifindex, the queues held, the XDP
-    /// mode and program id on the interface, the holder's pid/uid/gid (from
-    /// SO_PEERCRED of its control connection) and the lease's age; then per
-    /// socket the kernel's counters: rx_dropped, rx_invalid_descs,
-    /// tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs,
-    /// tx_ring_empty_descs.
-    Status {
-        /// Print the broker's reply as one JSON object instead of tables.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn connect(path: &Path, timeout: Duration) -> Result<Channel> {
     let stream = UnixStream::connect(path).with_context(|| {

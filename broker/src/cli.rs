@@ -1,0 +1,127 @@
+//! xsk-brokerd's command line, shared with the man page generator
+//! (`xsk-broker-mangen`), so the man page is the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Privileged broker handing AF_XDP sockets to unprivileged processes.
+///
+/// xsk-brokerd attaches libxdp's default XSK program to an interface, creates
+/// one AF_XDP socket per requested queue, inserts each unbound socket into
+/// the XSKMAP and passes the fds to the client over a Unix socket. A lease is
+/// one control connection: when it closes, for any reason, the broker removes
+/// the map entries and detaches the program once no lease uses the interface.
+///
+/// It needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF (or CAP_SYS_ADMIN) and
+/// drops every other capability at start. The control socket is --socket
+/// PATH, or the listening socket systemd passes by socket activation
+/// (xsk-broker.socket, /run/xsk-broker/broker.sock). Whoever can connect to
+/// it can lease queues and read the status (`xsk-brokerctl status`). Logs go
+/// to standard error. SIGTERM or SIGINT stops the broker; leased sockets stay
+/// with their holders.
+///
+/// Environment: XSK_BROKER_LOG is the log filter when --log-level is not
+/// given; LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES carry a socket-activated
+/// socket (they are checked and unset).
+#[derive(Parser, Debug)]
+#[command(name = "xsk-brokerd", version)]
+pub struct Args {
+    /// Path of the Unix control socket to listen on. A stale socket file left
+    /// by a dead broker is replaced; a live one is an error. Not needed when
+    /// systemd passes the socket (socket activation: LISTEN_FDS/LISTEN_PID,
+    /// the xsk-broker.socket unit); if given then, it must be the passed
+    /// socket's path.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Permission bits of the control socket, in octal [default: 0600].
+    /// Whoever can connect can lease sockets and read the status, so keep it
+    /// tight. Under socket activation set SocketMode= in the .socket unit
+    /// instead.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Log filter: error, warn, info, debug, trace, or tracing directives
+    /// such as `info,xsk_brokerd::server=debug`. When not given, the
+    /// XSK_BROKER_LOG environment variable is used, else `info`.
+    #[arg(long, value_name = "FILTER", value_parser = parse_filter)]
+    pub log_level: Option<String>,
+
+    /// Log format on standard error: `human` (one readable line per event)
+    /// or `json` (one JSON object per line, for log collectors; grants,
+    /// refusals and releases carry `event`, `pid`, `uid`, `gid`, `ifname`
+    /// and `queues` fields).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Directory on a bpffs where XSKMAPs are pinned for clients that ask
+    /// for a pin (`open_map` with `pin: true`, QEMU's `map-path=`). Created
+    /// (mode 0711) if missing; its parent must be on a bpf filesystem. Each
+    /// pin is owned by the requesting uid with mode 0600 and removed when
+    /// the lease ends. Needs CAP_CHOWN, which the broker then keeps.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs_dir: Option<PathBuf>,
+
+    /// Serve Prometheus text metrics (`GET /metrics` over HTTP) on this Unix
+    /// socket: leases, grants, releases, refusals by error code and each
+    /// leased socket's XDP_STATISTICS. A stale socket file is replaced.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+
+    /// Permission bits of the metrics socket, in octal [default: 0600].
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "metrics_socket")]
+    pub metrics_socket_mode: Option<u32>,
+
+    /// Serve the same metrics on this loopback TCP address, e.g.
+    /// 127.0.0.1:9465 (port 0 picks a free port, logged at start). Only
+    /// loopback addresses are accepted. The packaged service restricts
+    /// address families to AF_UNIX AF_NETLINK AF_XDP: add AF_INET/AF_INET6
+    /// to use this there.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_loopback)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an ADDR:PORT such as 127.0.0.1:9465"))?;
+    check_loopback(addr)?;
+    Ok(addr)
+}
+
+/// Check that `addr` is a loopback address: metrics are for the local host.
+pub fn check_loopback(addr: std::net::SocketAddr) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only \
+             (use a local proxy or the Unix socket to export them further)"
+        ))
+    }
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines (colored when standard error is a terminal).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+pub fn parse_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a log filter ({e}); use e.g. info or debug"))
+}
+
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode such as 0660"))?;
+    if m > 0o777 {
+        return Err(format!("{s:?} has bits beyond 0777"));
+    }
+    Ok(m)
+}
