@@ -258,3 +258,35 @@ fn metrics_options_are_validated() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics-socket <PATH>"), "{err}");
 }
+
+/// Every option `--help` lists is explained in the README's operator guide.
+#[test]
+fn readme_covers_every_option_of_the_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for (bin, args) in [
+        (env!("CARGO_BIN_EXE_xsk-brokerd"), &["--help"][..]),
+        (env!("CARGO_BIN_EXE_xsk-brokerctl"), &["--help"][..]),
+        (
+            env!("CARGO_BIN_EXE_xsk-brokerctl"),
+            &["status", "--help"][..],
+        ),
+    ] {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        let options: Vec<&str> = help
+            .split_whitespace()
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.trim_end_matches([',', '.', ')']))
+            .filter(|w| !["--help", "--version"].contains(w))
+            .collect();
+        assert!(!options.is_empty(), "{help}");
+        for opt in options {
+            assert!(
+                readme.contains(opt),
+                "README.md does not mention {opt} ({bin} {args:?})"
+            );
+        }
+    }
+}

@@ -613,3 +613,50 @@ fn status_json_at(socket: &std::path::Path) -> Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Under socket activation the .socket unit owns the socket: a --socket-mode
+/// is refused, and so is a --socket that is not the passed socket's path.
+#[test]
+fn socket_activation_refuses_conflicting_socket_options() {
+    use std::os::unix::net::UnixStream;
+    let test = "socket_activation_refuses_conflicting_socket_options";
+    if !require_root(test) {
+        return;
+    }
+    let dir = TempDir::new("xsk-ops").unwrap();
+    let bin = workspace_bin("xsk-brokerd").unwrap();
+    let other = dir.join("other.sock");
+    let cases: [(&[&str], String); 2] = [
+        (
+            &["--socket-mode", "0600"],
+            "--socket-mode does not apply to a socket passed by socket activation".to_owned(),
+        ),
+        (
+            &["--socket", other.to_str().unwrap()],
+            format!(
+                "--socket {} was given, but the socket passed",
+                other.display()
+            ),
+        ),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let sock = dir.join(format!("a{i}.sock"));
+        let child = Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&sock)
+            .arg(&bin)
+            .args(*args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _wake = wait_until("the socket to listen", READY, || {
+            UnixStream::connect(&sock).ok()
+        });
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want.as_str()), "{args:?}: {err}");
+        assert!(!other.exists(), "no socket file may be created");
+    }
+}
