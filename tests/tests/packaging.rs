@@ -309,3 +309,182 @@ fn debian_package_installs_runs_and_purges() {
         .unwrap();
     assert!(!group.status.success(), "group xsk-broker left behind");
 }
+
+/// Expand a systemd syscall filter (`@group` names and syscalls) into the
+/// syscalls it allows, with `systemd-analyze syscall-filter`.
+fn expand_syscall_filter(items: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+    while let Some(item) = todo.pop() {
+        if !item.starts_with('@') {
+            out.insert(item);
+            continue;
+        }
+        if !seen.insert(item.clone()) {
+            continue;
+        }
+        let text = run(Command::new("systemd-analyze").args(["syscall-filter", &item]));
+        for line in text.lines().skip(1) {
+            let w = line.trim();
+            if w.is_empty() || w.starts_with('#') {
+                continue;
+            }
+            todo.push(w.to_owned());
+        }
+    }
+    out
+}
+
+/// Runs the broker under strace; kills it on drop.
+struct Traced(std::process::Child);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every system call and address family the broker uses while it serves
+/// (start, a two-queue lease with traffic, status, a metrics scrape, a
+/// refusal, release, SIGTERM) is allowed by the service's
+/// `SystemCallFilter=` and `RestrictAddressFamilies=`: the sandbox does not
+/// break the broker. Traced with strace on the real broker.
+#[test]
+fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+    use xsk_testbed::{
+        require_root, serial_guard, udp_roundtrip, ClientProcess, Testbed, TEST_FRAMES,
+    };
+    let test = "service_sandbox_allows_every_syscall_and_family_the_broker_uses";
+    if !require_root(test) || !have_systemd_analyze(test) {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{test}: strace is missing; scripts/install-deps installs it"
+        );
+        eprintln!("SKIP {test}: strace not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(units_dir().join("xsk-broker.service")).unwrap();
+    let filter = directive(&unit, "SystemCallFilter").join(" ");
+    let allowed = expand_syscall_filter(&filter.split_whitespace().collect::<Vec<_>>());
+    assert!(
+        allowed.contains("bpf") && allowed.contains("read"),
+        "{allowed:?}"
+    );
+    let families = directive(&unit, "RestrictAddressFamilies").join(" ");
+
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(2).unwrap();
+    let dir = TempDir::new("xsk-strace").unwrap();
+    let sock = dir.join("broker.sock");
+    let msock = dir.join("metrics.sock");
+    let trace = dir.join("strace.log");
+    let mut cmd = tb.xsk.exec_command(["strace", "-f", "-qq", "-o"]);
+    cmd.arg(&trace)
+        .arg(workspace_bin("xsk-brokerd").unwrap())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--socket-mode", "0666", "--metrics-socket"])
+        .arg(&msock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut traced = Traced(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            traced.0.try_wait().unwrap().is_none(),
+            "the traced broker exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the traced broker never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let frames = TEST_FRAMES.to_string();
+    let args = [
+        "--ifname",
+        tb.xsk_if.as_str(),
+        "--queues",
+        "2",
+        "--frames",
+        &frames,
+    ];
+    let mut c = ClientProcess::spawn("echo", &sock, &args, None).unwrap();
+    c.wait_event("ready", Duration::from_secs(20)).unwrap();
+    udp_roundtrip(&tb, 8, 4, Duration::from_secs(10))
+        .unwrap()
+        .verify()
+        .unwrap();
+    let refused = ClientProcess::spawn("rx", &sock, &args, None).unwrap();
+    refused.wait_failure(Duration::from_secs(20)).unwrap();
+    let status = run(Command::new(workspace_bin("xsk-brokerctl").unwrap())
+        .args(["status", "--json", "--socket"])
+        .arg(&sock));
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    {
+        let mut m = UnixStream::connect(&msock).unwrap();
+        std::io::Write::write_all(&mut m, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut m, &mut body).unwrap();
+        assert!(body.contains("xsk_broker_xdp_rx_dropped_total"), "{body}");
+    }
+    c.stop().unwrap();
+    let pid = status["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = traced.0.wait().unwrap();
+    assert!(st.success(), "the traced broker: {st}");
+
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut used_families = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let Some((_pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let Some((name, args)) = rest.split_once('(') else {
+            continue;
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // "<... x resumed>", "--- SIGTERM", "+++ exited"
+        }
+        used.insert(name.to_owned());
+        if name == "socket" || name == "socketpair" {
+            let fam = args.split([',', ' ']).next().unwrap_or("").to_owned();
+            used_families.insert(if fam == "44" {
+                "AF_XDP".to_owned()
+            } else {
+                fam
+            });
+        }
+    }
+    assert!(
+        used.contains("bpf") && used.contains("sendmsg"),
+        "the trace looks incomplete: {used:?}"
+    );
+    let denied: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
+    assert!(
+        denied.is_empty(),
+        "SystemCallFilter={filter} would deny {denied:?}"
+    );
+    for fam in &used_families {
+        assert!(
+            families.split_whitespace().any(|f| f == fam),
+            "RestrictAddressFamilies={families} would deny {fam} (used: {used_families:?})"
+        );
+    }
+    assert!(used_families.contains("AF_XDP"), "{used_families:?}");
+}
