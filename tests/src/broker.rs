@@ -84,6 +84,20 @@ impl BrokerProcess {
     /// fine (readiness means a successful connect). The log is appended to, so a restarted
     /// broker in the same `dir` keeps one log. On failure the error includes the log.
     pub fn spawn_bin(bin: &Path, ns: &Netns, dir: &Path, extra: &[&str]) -> Result<BrokerProcess> {
+        BrokerProcess::spawn_prefixed(&[], bin, ns, dir, extra)
+    }
+
+    /// [`BrokerProcess::spawn_bin`] run through `prefix`, a command that sets something up
+    /// and then execs its arguments in place (e.g. `setpriv --bounding-set ... --`):
+    /// `ip netns exec NS PREFIX... BIN --socket ... EXTRA...`. Readiness still checks that
+    /// the pid ends up running `bin` itself.
+    pub fn spawn_prefixed(
+        prefix: &[&str],
+        bin: &Path,
+        ns: &Netns,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<BrokerProcess> {
         let socket = dir.join("xsk-brokerd.sock");
         let log_path = dir.join("xsk-brokerd.log");
         let log = std::fs::OpenOptions::new()
@@ -94,7 +108,12 @@ impl BrokerProcess {
         let log2 = log
             .try_clone()
             .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
-        let mut cmd = ns.exec_command([bin.as_os_str()]);
+        let mut cmd = ns.exec_command(
+            prefix
+                .iter()
+                .map(std::ffi::OsStr::new)
+                .chain([bin.as_os_str()]),
+        );
         cmd.arg("--socket")
             .arg(&socket)
             .args(["--socket-mode", "0666"])

@@ -660,3 +660,66 @@ fn socket_activation_refuses_conflicting_socket_options() {
         assert!(!other.exists(), "no socket file may be created");
     }
 }
+
+/// The capabilities the systemd unit gives (CapabilityBoundingSet= and
+/// AmbientCapabilities= CAP_NET_ADMIN CAP_NET_RAW CAP_BPF, NoNewPrivileges=)
+/// are enough: a broker started with exactly those by setpriv leases
+/// sockets and traffic flows, and it holds nothing else.
+#[test]
+fn broker_works_with_only_the_units_capabilities() {
+    let test = "broker_works_with_only_the_units_capabilities";
+    if !require_root(test) {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let dir = TempDir::new("xsk-ops").unwrap();
+    let caps = "-all,+net_admin,+net_raw,+bpf";
+    let broker = BrokerProcess::spawn_prefixed(
+        &[
+            "setpriv",
+            "--bounding-set",
+            caps,
+            "--inh-caps",
+            caps,
+            "--ambient-caps",
+            caps,
+            "--no-new-privs",
+            "--",
+        ],
+        &workspace_bin("xsk-brokerd").unwrap(),
+        &tb.xsk,
+        dir.path(),
+        &[],
+    )
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    let field = |name: &str| {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing"));
+        u64::from_str_radix(v.trim(), 16).unwrap()
+    };
+    let want = (1u64 << 12) | (1 << 13) | (1 << 39); // NET_ADMIN, NET_RAW, BPF
+    assert_eq!(field("CapBnd:"), want, "{status}");
+    assert_eq!(field("CapEff:"), want, "{status}");
+    assert_eq!(field("NoNewPrivs:"), 1);
+
+    let frames = TEST_FRAMES.to_string();
+    let mut c = ClientProcess::spawn(
+        "echo",
+        broker.socket_path(),
+        &["--ifname", &tb.xsk_if, "--frames", &frames],
+        None,
+    )
+    .unwrap();
+    c.wait_event("ready", READY).unwrap();
+    udp_roundtrip(&tb, 4, 8, Duration::from_secs(5))
+        .unwrap()
+        .verify()
+        .unwrap();
+    let (_, st) = c.stop().unwrap();
+    assert!(st.success());
+    drop(broker);
+}
