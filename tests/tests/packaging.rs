@@ -207,10 +207,11 @@ fn debian_package_installs_runs_and_purges() {
         eprintln!("SKIP {test}: cargo-deb not installed");
         return;
     }
+    // Held from here: another test run must not install or purge meanwhile.
+    let _lock = serial_guard().unwrap();
     if package_installed() {
         panic!("{test}: package xsk-broker is already installed on this machine; not touching it");
     }
-    let _lock = serial_guard().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = run(Command::new(root.join("packaging/deb/build"))
         .args(["--profile", "dev", "--no-build"])
