@@ -56,6 +56,9 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals;
 mod bpf;
 mod broker;
 mod error;

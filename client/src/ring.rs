@@ -44,7 +44,7 @@ enum RingMemory {
     /// The kernel's ring, mapped from the socket.
     Mapped(Mmap),
     /// Heap memory standing in for the kernel in unit tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "bench-internals"))]
     Heap(Box<[u64]>),
 }
 
@@ -52,7 +52,7 @@ impl RingMemory {
     fn base_and_len(&self) -> (*mut u8, usize) {
         match self {
             RingMemory::Mapped(m) => (m.as_ptr(), m.len()),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "bench-internals"))]
             RingMemory::Heap(b) => (b.as_ptr() as *mut u8, b.len() * size_of::<u64>()),
         }
     }
@@ -353,9 +353,10 @@ impl<T: Copy> ConsRing<T> {
     }
 }
 
-/// Unit-test support: rings over heap memory, with handles to play the
-/// kernel's side.
-#[cfg(test)]
+/// Unit-test (and micro-benchmark) support: rings over heap memory, with
+/// handles to play the kernel's side.
+#[cfg(any(test, feature = "bench-internals"))]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod fake {
     use super::*;
 
