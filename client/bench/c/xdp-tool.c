@@ -19,10 +19,11 @@
  *       the removal waits for an RCU grace period (synchronize_rcu, ~20 ms
  *       here): a single generator thread then sleeps most of the time.
  *
- *   xdp-tool drop IFNAME native|skb SECONDS
- *       Attach a two-instruction XDP program (return XDP_DROP) for SECONDS,
- *       then detach it. The rate is read from the device counters by the
- *       benchmark script.
+ *   xdp-tool drop IFNAME native|skb SECONDS [drop|tx]
+ *       Attach a two-instruction XDP program (return XDP_DROP, or XDP_TX:
+ *       send every frame back unchanged, the kernel's own forwarder) for
+ *       SECONDS, then detach it. The rate is read from the device counters
+ *       by the benchmark script.
  *
  * Why not xdp-trafficgen / xdp-bench from Debian's xdp-tools 1.3.1: they
  * attach to the tracepoint xdp_redirect_map_err, which newer kernels (6.18
@@ -57,7 +58,7 @@ static int prog_load(int action)
 		{ .code = BPF_JMP | BPF_EXIT },
 	};
 	LIBBPF_OPTS(bpf_prog_load_opts, opts);
-	int fd = bpf_prog_load(BPF_PROG_TYPE_XDP, action == XDP_TX ? "bench_gen" : "bench_drop",
+	int fd = bpf_prog_load(BPF_PROG_TYPE_XDP, action == XDP_TX ? "bench_tx" : "bench_drop",
 			       "GPL", insns, 2, &opts);
 	if (fd < 0) {
 		fprintf(stderr, "xdp-tool: loading the XDP program failed: %s\n", strerror(-fd));
@@ -223,7 +224,14 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 static int cmd_drop(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: xdp-tool drop IFNAME native|skb SECONDS\n");
+		fprintf(stderr, "usage: xdp-tool drop IFNAME native|skb SECONDS [drop|tx]\n");
+		return 2;
+	}
+	int action = XDP_DROP;
+	if (argc > 3 && !strcmp(argv[3], "tx"))
+		action = XDP_TX;
+	else if (argc > 3 && strcmp(argv[3], "drop")) {
+		fprintf(stderr, "xdp-tool drop: action must be drop or tx\n");
 		return 2;
 	}
 	int ifindex = if_nametoindex(argv[0]);
@@ -240,7 +248,7 @@ static int cmd_drop(int argc, char **argv)
 		fprintf(stderr, "xdp-tool drop: mode must be native or skb\n");
 		return 2;
 	}
-	int fd = prog_load(XDP_DROP);
+	int fd = prog_load(action);
 	int rc = bpf_xdp_attach(ifindex, fd, flags, NULL);
 	if (rc) {
 		fprintf(stderr, "xdp-tool drop: attaching to %s failed: %s\n", argv[0], strerror(-rc));
@@ -264,6 +272,6 @@ int main(int argc, char **argv)
 	if (argc >= 2 && !strcmp(argv[1], "drop"))
 		return cmd_drop(argc - 2, argv + 2);
 	fprintf(stderr, "usage: xdp-tool gen IFNAME DST_MAC SECONDS [--hold HOLDIF] [CPU...]\n"
-			"       xdp-tool drop IFNAME native|skb SECONDS\n");
+			"       xdp-tool drop IFNAME native|skb SECONDS [drop|tx]\n");
 	return 2;
 }

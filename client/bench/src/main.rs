@@ -256,8 +256,6 @@ struct QueueResult {
     bench_kicks: u64,
     loops: u64,
     idle_loops: u64,
-    /// Heap allocations in the whole process while this queue counted.
-    allocs: u64,
     seconds: f64,
     stats: Value,
 }
@@ -285,7 +283,6 @@ impl Worker {
         // Batches run, and batches that moved no frame (spins).
         let (mut loops, mut idle) = (0u64, 0u64);
         let mut start = None;
-        let mut allocs_at_start = 0;
         let mut t0 = Instant::now();
         let mut state = WARMUP;
         loop {
@@ -296,7 +293,6 @@ impl Worker {
                 state = p;
                 if p == MEASURE {
                     start = Some((self.sock.counters(), kicks, loops, idle));
-                    allocs_at_start = alloc::allocations();
                     t0 = Instant::now();
                 } else {
                     break;
@@ -332,7 +328,6 @@ impl Worker {
             loops += 1;
         }
         let seconds = t0.elapsed().as_secs_f64();
-        let allocs = alloc::allocations() - allocs_at_start;
         let end = self.sock.counters();
         let (start, start_kicks, start_loops, start_idle) =
             start.unwrap_or((end, kicks, loops, idle));
@@ -347,7 +342,6 @@ impl Worker {
             end,
             bench_kicks: kicks - start_kicks,
             loops: loops - start_loops,
-            allocs,
             idle_loops: idle - start_idle,
             seconds,
             stats,
@@ -447,8 +441,12 @@ fn run(cli: &Cli) -> Result<Value> {
         );
     }
     std::thread::sleep(Duration::from_secs_f64(cli.warmup));
+    // Only the queue threads run between these two reads (this thread
+    // sleeps), so the difference is what the datapath allocated.
+    let allocs_at_start = alloc::allocations();
     phase.store(MEASURE, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs_f64(cli.duration));
+    let allocs = alloc::allocations() - allocs_at_start;
     phase.store(STOP, Ordering::Relaxed);
     let mut results = Vec::new();
     for h in handles {
@@ -462,10 +460,8 @@ fn run(cli: &Cli) -> Result<Value> {
     let mut per_queue = Vec::new();
     let (mut packets, mut syscalls, mut pps, mut rx, mut tx) = (0u64, 0u64, 0f64, 0u64, 0u64);
     let mut seconds = 0f64;
-    let mut allocs = 0u64;
     let (mut life_rx, mut life_tx, mut life_sc) = (0u64, 0u64, 0u64);
     for r in &results {
-        allocs = allocs.max(r.allocs);
         life_rx += r.end.rx_packets;
         life_tx += r.end.tx_completed;
         life_sc += r.end.wakeups;
