@@ -80,6 +80,43 @@ pub struct Args {
     /// to use this there.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_loopback)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Most connections open at once, all users together. A connection over
+    /// a limit gets a `not_permitted` error naming it and is closed at once.
+    /// The broker raises its open-file limit to the hard limit at start.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most connections one uid may have open at once; at most
+    /// --max-connections, and best well below it, so that no one user can
+    /// take every connection and lock the others out.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections_per_uid: usize,
+
+    /// Most leases one uid may hold at once (`not_permitted` beyond).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_leases_per_uid: usize,
+
+    /// Most queues one lease may hold, 1..=64 (`not_permitted` beyond).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_queues_per_lease: u32,
+
+    /// Seconds a connection without a lease may stay open without sending a
+    /// complete request, and that any one message may take from its first
+    /// byte to its last; such connections get an error and are closed. A
+    /// connection holding a lease is never closed for being idle (it is the
+    /// lease).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub idle_timeout: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 (exclusive) and 86400"
+        )),
+    }
 }
 
 fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {

@@ -8,6 +8,7 @@
 
 mod activation;
 mod cli;
+mod limits;
 mod metrics;
 mod privs;
 mod server;
@@ -265,7 +266,10 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
     );
 
-    let broker = Arc::new(state::Broker::with_bpffs_dir(args.bpffs_dir.clone()));
+    let limits = limits_from(&args)?;
+    let broker =
+        Arc::new(state::Broker::with_bpffs_dir(args.bpffs_dir.clone()).with_limits(limits));
+    spawn_interface_watcher(Arc::clone(&broker)).context("starting the interface watcher")?;
     let started = std::time::Instant::now();
     for endpoint in metrics_endpoints {
         metrics::spawn(endpoint, Arc::clone(&broker), started)
@@ -293,6 +297,54 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         .context("starting the signal thread")?;
 
     server::serve(control.listener, broker).context("serving the control socket")
+}
+
+/// The limits from the command line, checked, with the open-file limit
+/// raised to fit them.
+fn limits_from(args: &Args) -> Result<limits::Limits> {
+    let limits = limits::Limits {
+        max_connections: args.max_connections,
+        max_connections_per_uid: args.max_connections_per_uid,
+        max_leases_per_uid: args.max_leases_per_uid,
+        max_queues_per_lease: args.max_queues_per_lease,
+        idle_timeout: std::time::Duration::from_secs_f64(args.idle_timeout),
+    };
+    limits.check().map_err(anyhow::Error::msg)?;
+    // One fd per connection, plus each lease's sockets and the broker's own.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    }
+    let want = (limits.max_connections as u64).saturating_mul(2) + 64;
+    if hard < want {
+        tracing::warn!(
+            "the open-file limit ({hard}) may not fit --max-connections {} (each connection is              an fd, each leased queue another); raise LimitNOFILE= or lower --max-connections",
+            limits.max_connections
+        );
+    }
+    info!(
+        max_connections = limits.max_connections,
+        max_connections_per_uid = limits.max_connections_per_uid,
+        max_leases_per_uid = limits.max_leases_per_uid,
+        max_queues_per_lease = limits.max_queues_per_lease,
+        idle_timeout_s = limits.idle_timeout.as_secs_f64(),
+        nofile = hard,
+        "limits"
+    );
+    Ok(limits)
+}
+
+/// Once a second, end the leases of interfaces that have disappeared.
+fn spawn_interface_watcher(broker: Arc<state::Broker>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("xsk-ifwatch".into())
+        .stack_size(256 * 1024)
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            broker.reap_vanished_interfaces();
+        })
+        .map(drop)
 }
 
 fn main() {

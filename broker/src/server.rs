@@ -31,11 +31,17 @@ pub fn serve(listener: UnixListener, broker: Arc<Broker>) -> std::io::Result<()>
                 continue;
             }
         };
+        let Some(slot) = admit(&broker, &stream) else {
+            continue;
+        };
         let broker = Arc::clone(&broker);
         let spawned = std::thread::Builder::new()
             .name("xsk-conn".into())
             .stack_size(256 * 1024)
-            .spawn(move || Connection::new(stream, broker).run());
+            .spawn(move || {
+                let _slot = slot;
+                Connection::new(stream, broker).run()
+            });
         if let Err(e) = spawned {
             warn!("cannot start a connection thread: {e}");
         }
@@ -76,10 +82,16 @@ impl Connection {
     fn run(mut self) {
         let p = self.peer;
         debug!(pid = p.pid, uid = p.uid, gid = p.gid, "connection opened");
+        self.apply_idle_timeout();
         loop {
             let received = match self.chan.recv() {
                 Ok(r) => r,
                 Err(TransportError::Closed) => break,
+                Err(TransportError::TimedOut) if self.lease.is_some() => continue,
+                Err(TransportError::TimedOut) => {
+                    self.close_idle();
+                    break;
+                }
                 Err(e) if e.stream_in_step() => {
                     self.reply_error(ErrorReply::new(ErrorCode::BadRequest, e.to_string()));
                     continue;
@@ -114,7 +126,16 @@ impl Connection {
                 break;
             }
         }
-        self.end_lease("connection closed");
+        // The broker itself ended the lease (its interface vanished): say why.
+        let revoked = self
+            .lease
+            .as_ref()
+            .and_then(|l| l.revoked())
+            .map(str::to_owned);
+        if let Some(reason) = &revoked {
+            self.reply_error(ErrorReply::new(ErrorCode::NoSuchInterface, reason.clone()));
+        }
+        self.end_lease(revoked.as_deref().unwrap_or("connection closed"));
         debug!(pid = p.pid, "connection closed");
     }
 
@@ -168,11 +189,13 @@ impl Connection {
                             ifname = %opened.ifname, queues = ?lease.queues(),
                             mode = %opened.mode, program_id = opened.program_id, "granted"
                         );
+                        self.watch(&lease);
                         crate::metrics::COUNTERS.grant();
                         let fds = lease.fds();
                         let sent = self.send(&Response::Opened(opened), &fds);
                         drop(fds);
                         self.lease = Some(lease);
+                        self.on_leased();
                         sent
                     }
                     Err(e) => {
@@ -211,10 +234,12 @@ impl Connection {
                             mode = %opened.mode, program_id = opened.program_id,
                             pin = opened.pin_path.as_deref().unwrap_or("-"), "granted the XSKMAP"
                         );
+                        self.watch(&lease);
                         crate::metrics::COUNTERS.grant();
                         let sent = self.send(&Response::MapOpened(opened), &[map_fd.as_fd()]);
                         drop(map_fd);
                         self.lease = Some(lease);
+                        self.on_leased();
                         sent
                     }
                     Err(e) => {
@@ -244,6 +269,7 @@ impl Connection {
             );
             crate::metrics::COUNTERS.release();
             self.broker.release(lease);
+            self.apply_idle_timeout();
         }
     }
 
@@ -291,4 +317,73 @@ fn status_reply(broker: &Broker) -> StatusReply {
     reply.leases = leases;
     reply.leases.truncate(fit);
     reply
+}
+
+/// Admit a new connection under the connection limits, or answer it with the
+/// limit it is over and close it (at once: it never waits in a queue).
+fn admit(broker: &Broker, stream: &UnixStream) -> Option<crate::limits::ConnectionSlot> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    // Unknown credentials count as one unknown user.
+    let (pid, uid) =
+        getsockopt(&stream.as_fd(), PeerCredentials).map_or((-1, u32::MAX), |c| (c.pid(), c.uid()));
+    match broker.connections().admit(uid, broker.limits()) {
+        Ok(slot) => Some(slot),
+        Err(e) => {
+            debug!(pid, uid, code = %e.code, "connection refused: {}", e.message);
+            crate::metrics::COUNTERS.refusal(e.code);
+            // Never block the accept loop on a peer that does not read.
+            if stream.set_nonblocking(true).is_ok() {
+                if let Ok(c) = stream.try_clone() {
+                    let _ = Channel::new(c).send(&Response::Error(e), &[]);
+                }
+            }
+            None
+        }
+    }
+}
+
+impl Connection {
+    /// Without a lease, a connection must send a complete request within the
+    /// idle timeout; with one, it may stay silent for ever. Any message must
+    /// arrive within the idle timeout of its first byte either way.
+    fn apply_idle_timeout(&mut self) {
+        let t = self.broker.limits().idle_timeout;
+        self.chan.set_frame_timeout(Some(t));
+        let read = if self.lease.is_some() { None } else { Some(t) };
+        if let Err(e) = self.chan.stream().set_read_timeout(read) {
+            warn!("cannot set the read timeout of a connection: {e}");
+        }
+    }
+
+    /// A lease is being granted: let the broker wake this connection if it
+    /// ends the lease on its own (before the reply, so the client never sees
+    /// the grant before the broker is ready to end it).
+    fn watch(&self, lease: &Lease) {
+        match self.chan.stream().try_clone() {
+            Ok(dup) => lease.watch_connection(dup),
+            Err(e) => warn!("cannot watch a lease's connection: {e}"),
+        }
+    }
+
+    /// A lease was just granted: no idle timeout any more.
+    fn on_leased(&mut self) {
+        self.apply_idle_timeout();
+    }
+
+    /// Answer and close a connection that sent nothing complete in time.
+    fn close_idle(&self) {
+        let t = self.broker.limits().idle_timeout.as_secs_f64();
+        debug!(
+            pid = self.peer.pid,
+            uid = self.peer.uid,
+            "closing an idle connection"
+        );
+        self.reply_error(ErrorReply::new(
+            ErrorCode::BadRequest,
+            format!(
+                "no request within {t} s on a connection without a lease (--idle-timeout); \
+                 closing the connection"
+            ),
+        ));
+    }
 }

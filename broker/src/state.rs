@@ -14,6 +14,7 @@ use xsk_broker_protocol::{
     OpenRequest, Opened, SocketInfo, SocketStatus, XdpMode,
 };
 
+use crate::limits::{Connections, Limits};
 use crate::xdp::{self, XskProgram};
 
 /// Identifies a lease (one control connection's grant).
@@ -41,6 +42,29 @@ pub struct Lease {
     sockets: Vec<(u32, Arc<OwnedFd>)>,
     /// For a map lease (`open_map`): its queues and pin.
     map: Option<MapGrant>,
+    /// Set when the broker ends the lease itself (its interface vanished).
+    revocation: Arc<Revocation>,
+}
+
+/// How the broker ends a lease on its own (its interface disappeared): the
+/// reason is recorded and the holder's connection is shut down for reading,
+/// which wakes its connection thread; that thread tells the client and
+/// closes the connection.
+#[derive(Debug, Default)]
+pub struct Revocation {
+    reason: std::sync::OnceLock<String>,
+    /// A duplicate of the holder's connection, to shut down.
+    conn: Mutex<Option<std::os::unix::net::UnixStream>>,
+}
+
+impl Revocation {
+    fn revoke(&self, reason: String) {
+        let _ = self.reason.set(reason);
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conn.as_ref() {
+            let _ = c.shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
 
 /// What a map lease holds besides its queues: the pin to remove at the end.
@@ -74,6 +98,26 @@ impl Lease {
     pub fn describe(&self) -> String {
         format!("{} queues {:?}", self.ifname, self.queues())
     }
+
+    /// Give the broker a way to wake the holder's connection thread if it
+    /// ends this lease on its own (see [`Broker::reap_vanished_interfaces`]):
+    /// `conn` is a duplicate of the connection, shut down for reading then.
+    pub fn watch_connection(&self, conn: std::os::unix::net::UnixStream) {
+        let mut slot = self
+            .revocation
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.revocation.reason.get().is_some() {
+            let _ = conn.shutdown(std::net::Shutdown::Read);
+        }
+        *slot = Some(conn);
+    }
+
+    /// Why the broker ended this lease on its own, if it did.
+    pub fn revoked(&self) -> Option<&str> {
+        self.revocation.reason.get().map(String::as_str)
+    }
 }
 
 struct Interface {
@@ -92,6 +136,8 @@ struct LeaseRecord {
     sockets: Vec<(u32, Arc<OwnedFd>)>,
     /// Queues of a map lease (which has no sockets of the broker's).
     map_queues: Vec<u32>,
+    /// Shared with the [`Lease`], to end it from here.
+    revocation: Arc<Revocation>,
 }
 
 #[derive(Default)]
@@ -108,6 +154,10 @@ pub struct Broker {
     inner: Mutex<Inner>,
     /// Where map pins go (`--bpffs-dir`), if anywhere.
     bpffs_dir: Option<PathBuf>,
+    /// Connection, lease and queue limits.
+    limits: Limits,
+    /// Open connections, counted against `limits`.
+    connections: Arc<Connections>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
@@ -115,6 +165,102 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
 }
 
 impl Broker {
+    /// Use `limits` (connections, leases per uid, queues per lease, idle timeout).
+    pub fn with_limits(mut self, limits: Limits) -> Broker {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Open connections, counted against the limits.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Refuse a lease the limits do not allow `peer` (call with the lock held,
+    /// so two requests of one uid cannot both pass).
+    fn check_lease_limits(&self, inner: &Inner, queues: u32, peer: Peer) -> Result<(), ErrorReply> {
+        self.limits.check_queues(queues)?;
+        let held = inner
+            .leases
+            .values()
+            .filter(|l| l.peer.uid == peer.uid)
+            .count();
+        if held >= self.limits.max_leases_per_uid {
+            return Err(err(
+                ErrorCode::NotPermitted,
+                format!(
+                    "uid {} already holds {held} leases, the most one user may hold \
+                     (--max-leases-per-uid {}); release one first",
+                    peer.uid, self.limits.max_leases_per_uid
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// End every lease on an interface that no longer exists (deleted, or
+    /// moved to another network namespace): the kernel has already detached
+    /// its XDP program and unbound its sockets. Their state is cleared, each
+    /// holder's connection is woken to be told and closed, and the number of
+    /// leases ended is returned. Called every second by the watcher thread.
+    pub fn reap_vanished_interfaces(&self) -> usize {
+        let mut inner = self.lock();
+        if inner.interfaces.is_empty() {
+            return 0;
+        }
+        let present: std::collections::HashSet<u32> = match nix::net::if_::if_nameindex() {
+            Ok(list) => list.iter().map(|i| i.index()).collect(),
+            Err(e) => {
+                warn!("cannot list the network interfaces: {e}");
+                return 0;
+            }
+        };
+        let gone: Vec<u32> = inner
+            .interfaces
+            .keys()
+            .copied()
+            .filter(|ifindex| !present.contains(ifindex))
+            .collect();
+        let mut ended = 0;
+        for ifindex in gone {
+            let Some(iface) = inner.interfaces.remove(&ifindex) else {
+                continue;
+            };
+            let ids: Vec<LeaseId> = inner
+                .leases
+                .iter()
+                .filter(|(_, r)| r.ifindex == ifindex)
+                .map(|(id, _)| *id)
+                .collect();
+            warn!(
+                ifname = %iface.name, ifindex, leases = ids.len(),
+                "interface {} (ifindex {ifindex}) disappeared; ending its {} lease(s)",
+                iface.name, ids.len()
+            );
+            for id in ids {
+                if let Some(rec) = inner.leases.remove(&id) {
+                    let mut queues: Vec<u32> = rec.sockets.iter().map(|(q, _)| *q).collect();
+                    queues.extend(&rec.map_queues);
+                    rec.revocation.revoke(format!(
+                        "interface {} (ifindex {ifindex}) disappeared from the broker's network \
+                         namespace; the lease on queues {queues:?} has ended",
+                        iface.name
+                    ));
+                    ended += 1;
+                }
+            }
+            // The program went with the device; close the broker's handles
+            // without trying to detach.
+            drop(iface);
+        }
+        ended
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock would be a bug; keep serving with the
         // state as it was left rather than poisoning every later request.
@@ -158,6 +304,7 @@ impl Broker {
         }
 
         let mut inner = self.lock();
+        self.check_lease_limits(&inner, req.queues, peer)?;
         if let Some(iface) = inner.interfaces.get(&ifindex) {
             for q in req.queue_ids() {
                 if let Some((_, holder)) = iface.queues.get(&q) {
@@ -214,6 +361,7 @@ impl Broker {
                         })
                         .collect(),
                 };
+                let revocation = Arc::new(Revocation::default());
                 inner.leases.insert(
                     id,
                     LeaseRecord {
@@ -223,6 +371,7 @@ impl Broker {
                         granted: Instant::now(),
                         sockets: sockets.clone(),
                         map_queues: Vec::new(),
+                        revocation: Arc::clone(&revocation),
                     },
                 );
                 let lease = Lease {
@@ -231,6 +380,7 @@ impl Broker {
                     ifindex,
                     sockets,
                     map: None,
+                    revocation,
                 };
                 Ok((lease, opened))
             }
@@ -355,6 +505,7 @@ impl Broker {
         }
         let (ifindex, counts) = check_queues(&req)?;
         let mut inner = self.lock();
+        self.check_lease_limits(&inner, req.queues, peer)?;
         if let Some(iface) = inner.interfaces.get(&ifindex) {
             check_free(iface, &req)?;
             check_mode(&req, iface.program.mode())?;
@@ -416,6 +567,7 @@ impl Broker {
             queues: req.queues,
             pin_path: pin.as_ref().map(|p| p.display().to_string()),
         };
+        let revocation = Arc::new(Revocation::default());
         inner.leases.insert(
             id,
             LeaseRecord {
@@ -425,6 +577,7 @@ impl Broker {
                 granted: Instant::now(),
                 sockets: Vec::new(),
                 map_queues: queues.clone(),
+                revocation: Arc::clone(&revocation),
             },
         );
         let lease = Lease {
@@ -433,6 +586,7 @@ impl Broker {
             ifindex,
             sockets: Vec::new(),
             map: Some(MapGrant { queues, pin }),
+            revocation,
         };
         Ok((lease, opened, fd))
     }

@@ -881,6 +881,22 @@ impl XskSocket {
         Ok(revents & libc::POLLIN != 0)
     }
 
+    /// Take the socket's pending error (`getsockopt(SO_ERROR)`, which clears
+    /// it). After the interface the socket is bound to is deleted (or moved
+    /// to another namespace) the kernel unbinds the socket and leaves
+    /// `ENETDOWN` here; such a socket carries no more traffic and `poll`
+    /// no longer reports it readable, so a datapath that waits should check
+    /// this rather than wait for ever.
+    pub fn take_error(&self) -> Result<Option<std::io::Error>, Error> {
+        use nix::sys::socket::{getsockopt, sockopt::SocketError};
+        let e = getsockopt(&self.fd, SocketError).map_err(|e| Error::Sys {
+            op: "getsockopt(SO_ERROR)",
+            fd: self.fd.as_raw_fd(),
+            source: e.into(),
+        })?;
+        Ok((e != 0).then(|| std::io::Error::from_raw_os_error(e)))
+    }
+
     /// The kernel's statistics for this socket (`getsockopt(XDP_STATISTICS)`).
     pub fn statistics(&self) -> Result<XdpStatistics, Error> {
         let s = sys::statistics(self.fd.as_fd()).map_err(|source| Error::Sys {

@@ -52,7 +52,7 @@ pub use message::{
     decode_request, decode_response, encode_body, AttachMode, CopyMode, DecodeError, ErrorCode,
     ErrorReply, Hello, HelloReply, Holder, LeaseStatus, MapOpened, OpenMapRequest, OpenRequest,
     Opened, Request, Response, SocketInfo, SocketStatus, StatusReply, StatusRequest, XdpMode,
-    XdpStatistics, MAX_IFNAME_LEN, MAX_QUEUES,
+    XdpStatistics, MAX_IFNAME_LEN, MAX_NESTING, MAX_QUEUES,
 };
 pub use transport::{Channel, Received, TransportError};
 

@@ -522,10 +522,48 @@ struct OpOnly {
     op: Option<serde_json::Value>,
 }
 
+/// Deepest nesting of arrays and objects a message may have. The deepest
+/// real message (a status reply) nests 5 levels; serde_json's own limit
+/// (128) can overflow a small thread stack in a debug build, so deeper
+/// bodies are refused before they are parsed.
+pub const MAX_NESTING: usize = 32;
+
+/// Refuse a body that nests arrays or objects deeper than [`MAX_NESTING`]
+/// (brackets inside strings do not count).
+fn check_nesting(body: &[u8]) -> Result<(), DecodeError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(DecodeError::Json(format!(
+                        "arrays or objects nested deeper than {MAX_NESTING} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn decode_tagged<T: serde::de::DeserializeOwned>(
     body: &[u8],
     known: &[&str],
 ) -> Result<T, DecodeError> {
+    check_nesting(body)?;
     // First pass: syntax (serde_json limits nesting to 128 levels) and the tag.
     let tag: OpOnly = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
     let op = match tag.op {
@@ -633,6 +671,25 @@ mod tests {
         assert!(decode_request(b"{\"op\":\"hel\xfflo\"}").is_err());
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(open(&deep), Err(DecodeError::Json(_))));
+        // At the nesting limit a body is parsed (and judged on its fields);
+        // one level deeper it is refused; brackets in strings do not count.
+        let at = |n: usize| {
+            format!(
+                r#"{{"op":"open","ifname":"[[[\"{{","queues":1,"x":{}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(matches!(
+            open(&at(MAX_NESTING - 1)),
+            Err(DecodeError::Invalid { .. })
+        ));
+        assert_eq!(
+            open(&at(MAX_NESTING)),
+            Err(DecodeError::Json(format!(
+                "arrays or objects nested deeper than {MAX_NESTING} levels"
+            )))
+        );
     }
 
     #[test]

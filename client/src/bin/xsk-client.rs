@@ -196,12 +196,23 @@ enum ViaMap {
     Pin,
 }
 
-/// What keeps the lease (or the pinned map) alive; held, never read.
+/// What keeps the lease (or the pinned map) alive.
 #[allow(dead_code)]
 enum Held {
     Sockets(Lease),
     Map(MapLease),
     Pinned(XskMap),
+}
+
+impl Held {
+    /// The lease's control connection, watched for the broker ending it.
+    fn control_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Held::Sockets(l) => Some(l.control_fd()),
+            Held::Map(m) => Some(m.control_fd()),
+            Held::Pinned(_) => None,
+        }
+    }
 }
 
 fn open_request(
@@ -298,6 +309,9 @@ fn connect(common: &Common) -> Result<BrokerClient> {
 
 struct Session {
     _held: Held,
+    /// The broker closed the control connection without a word (it stopped
+    /// or restarts): the sockets keep working, so stop watching it.
+    control_closed: bool,
     info: Ready,
     sockets: Vec<XskSocket>,
     out: Out,
@@ -444,6 +458,7 @@ fn start(common: &Common) -> Result<Session> {
     );
     Ok(Session {
         _held: held,
+        control_closed: false,
         info,
         sockets,
         out,
@@ -490,16 +505,77 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Wait until any socket is readable, up to `timeout`.
-fn wait_any(sockets: &[XskSocket], timeout: Duration) -> Result<()> {
-    let mut fds: Vec<PollFd<'_>> = sockets
+/// Wait until any socket is readable, up to `timeout`; fail if a socket
+/// reports an error (its interface was deleted) or the broker ended the
+/// lease with a message on the control connection.
+fn wait_any(s: &mut Session, timeout: Duration) -> Result<()> {
+    let control = if s.control_closed {
+        None
+    } else {
+        s._held.control_fd()
+    };
+    let mut fds: Vec<PollFd<'_>> = s
+        .sockets
         .iter()
         .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
         .collect();
+    fds.extend(control.map(|c| PollFd::new(c, PollFlags::POLLIN)));
     let ms = PollTimeout::from(timeout.as_millis().min(60_000) as u16);
     match poll(&mut fds, ms) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-        Err(e) => Err(e).context("poll on the AF_XDP sockets"),
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e).context("poll on the AF_XDP sockets"),
+    }
+    let control_ready = control.is_some()
+        && fds
+            .last()
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+    drop(fds);
+    for sock in &s.sockets {
+        if let Some(e) = sock.take_error()? {
+            bail!(
+                "queue {} of {}: the AF_XDP socket reports an error: {e} (the interface was \
+                 deleted or moved away; the socket is unbound and carries no more traffic)",
+                sock.queue_id(),
+                s.info.ifname
+            );
+        }
+    }
+    if control_ready {
+        if let Some(c) = control {
+            match broker_notice(c)? {
+                Some(msg) => bail!("the broker ended the lease: {msg}"),
+                None => {
+                    eprintln!(
+                        "xsk-client: the broker closed the lease connection (it stopped or is \
+                         restarting); the sockets keep working"
+                    );
+                    s.control_closed = true;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read what the broker sent on a lease's control connection: `Some(message)`
+/// for an error it sent (e.g. the interface disappeared), `None` if it
+/// closed the connection without one.
+fn broker_notice(control: std::os::fd::BorrowedFd<'_>) -> Result<Option<String>> {
+    use xsk_broker_protocol::{decode_response, Channel, Response, TransportError};
+    let dup = control
+        .try_clone_to_owned()
+        .context("duplicating the lease's control connection")?;
+    let stream = std::os::unix::net::UnixStream::from(dup);
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    match Channel::new(stream).recv() {
+        Ok(got) => Ok(Some(match decode_response(&got.body) {
+            Ok(Response::Error(e)) => format!("{}: {}", e.code, e.message),
+            Ok(other) => format!("unexpected message {other:?}"),
+            Err(e) => format!("unreadable message: {e}"),
+        })),
+        Err(TransportError::Closed) => Ok(None),
+        Err(e) => Ok(Some(format!("the control connection failed: {e}"))),
     }
 }
 
@@ -549,7 +625,7 @@ fn run_loop(
             }
         }
         if did == 0 {
-            wait_any(&s.sockets, Duration::from_millis(50))?;
+            wait_any(s, Duration::from_millis(50))?;
         }
     }
     Ok(total)
