@@ -42,6 +42,24 @@ pub struct Args {
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
 
+    /// Owner of the control socket: a user name or uid. Under socket
+    /// activation set SocketUser= in the .socket unit instead.
+    #[arg(long, value_name = "USER")]
+    pub socket_owner: Option<String>,
+
+    /// Group of the control socket: a group name or gid (e.g. a group whose
+    /// members may lease, with --socket-mode 0660). Under socket activation
+    /// set SocketGroup= in the .socket unit instead.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Policy file (JSON) saying which users and groups may lease which
+    /// interfaces (names or globs), how many queues, which XDP modes and copy
+    /// settings, and whether they may use the map flow. Without it only root
+    /// may lease or read the status. Read once at start.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
     /// Log filter: error, warn, info, debug, trace, or tracing directives
     /// such as `info,xsk_brokerd::server=debug`. When not given, the
     /// XSK_BROKER_LOG environment variable is used, else `info`.

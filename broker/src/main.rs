@@ -10,6 +10,8 @@ mod activation;
 mod cli;
 mod limits;
 mod metrics;
+mod peercred;
+mod policy;
 mod privs;
 mod server;
 mod state;
@@ -151,6 +153,11 @@ fn control_socket(args: &Args, activation: activation::Activation) -> Result<Con
                     "--socket-mode does not apply to a socket passed by socket activation; set SocketMode= (and SocketGroup=) in the .socket unit instead"
                 );
             }
+            if args.socket_owner.is_some() || args.socket_group.is_some() {
+                bail!(
+                    "--socket-owner/--socket-group do not apply to a socket passed by socket activation; set SocketUser= and SocketGroup= in the .socket unit instead"
+                );
+            }
             if let Some(want) = &args.socket {
                 if path.as_deref() != Some(want.as_path()) {
                     bail!(
@@ -194,13 +201,59 @@ fn control_socket(args: &Args, activation: activation::Activation) -> Result<Con
             }
             let mode = args.socket_mode.unwrap_or(0o600);
             let listener = bind_socket(path, mode)?;
+            let owner = chown_socket(path, args)?;
             Ok(Control {
                 listener,
-                shown: format!("{} (mode {mode:o})", path.display()),
+                shown: format!("{} (mode {mode:o}{owner})", path.display()),
                 remove_at_exit: Some(path.clone()),
             })
         }
     }
+}
+
+/// Give the control socket the owner and group asked for; returns a note for
+/// the start-up log.
+fn chown_socket(path: &Path, args: &Args) -> Result<String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let uid = match &args.socket_owner {
+        None => None,
+        Some(u) => Some(match u.parse::<u32>() {
+            Ok(n) => Uid::from_raw(n),
+            Err(_) => {
+                User::from_name(u)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("--socket-owner {u:?}: no such user"))?
+                    .uid
+            }
+        }),
+    };
+    let gid = match &args.socket_group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                Group::from_name(g)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("--socket-group {g:?}: no such group"))?
+                    .gid
+            }
+        }),
+    };
+    if uid.is_none() && gid.is_none() {
+        return Ok(String::new());
+    }
+    if let Err(e) = nix::unistd::chown(path, uid, gid) {
+        let _ = std::fs::remove_file(path);
+        return Err(e)
+            .with_context(|| format!("giving {} to the owner/group asked for", path.display()));
+    }
+    Ok(format!(
+        ", owner {}, group {}",
+        uid.map_or("unchanged".to_owned(), |u| u.to_string()),
+        gid.map_or("unchanged".to_owned(), |g| g.to_string())
+    ))
 }
 
 /// Removes the files it names when dropped (start-up failed part way).
@@ -227,6 +280,10 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         return control_socket(&args, activation).map(|_| ());
     }
     let permitted = privs::check()?;
+    let policy = match &args.policy {
+        Some(path) => policy::Policy::load(path)?,
+        None => policy::Policy::root_only(),
+    };
     if let Some(dir) = &args.bpffs_dir {
         if !permitted.contains(&caps::Capability::CAP_CHOWN) {
             bail!(
@@ -262,7 +319,7 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     kept.sort();
     info!(
-        socket = %control.shown, capabilities = %kept.join(","),
+        socket = %control.shown, capabilities = %kept.join(","), policy = %policy.describe(),
         "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
     );
 
@@ -296,7 +353,7 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         })
         .context("starting the signal thread")?;
 
-    server::serve(control.listener, broker).context("serving the control socket")
+    server::serve(control.listener, broker, Arc::new(policy)).context("serving the control socket")
 }
 
 /// The limits from the command line, checked, with the open-file limit

@@ -5,20 +5,25 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
     decode_request, Channel, ErrorCode, ErrorReply, HelloReply, Request, Response, StatusReply,
     TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
+use crate::peercred::peer_of;
+use crate::policy::{Ask, Identity, Policy};
 use crate::state::{Broker, Lease, Peer};
 
 /// When the broker started serving, for the uptime in status replies.
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// Accept connections forever.
-pub fn serve(listener: UnixListener, broker: Arc<Broker>) -> std::io::Result<()> {
+pub fn serve(
+    listener: UnixListener,
+    broker: Arc<Broker>,
+    policy: Arc<Policy>,
+) -> std::io::Result<()> {
     STARTED.get_or_init(std::time::Instant::now);
     loop {
         let (stream, _) = match listener.accept() {
@@ -35,12 +40,13 @@ pub fn serve(listener: UnixListener, broker: Arc<Broker>) -> std::io::Result<()>
             continue;
         };
         let broker = Arc::clone(&broker);
+        let policy = Arc::clone(&policy);
         let spawned = std::thread::Builder::new()
             .name("xsk-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 let _slot = slot;
-                Connection::new(stream, broker).run()
+                Connection::new(stream, broker, policy).run()
             });
         if let Err(e) = spawned {
             warn!("cannot start a connection thread: {e}");
@@ -51,28 +57,21 @@ pub fn serve(listener: UnixListener, broker: Arc<Broker>) -> std::io::Result<()>
 struct Connection {
     chan: Channel,
     broker: Arc<Broker>,
+    policy: Arc<Policy>,
+    identity: Identity,
     peer: Peer,
     greeted: bool,
     lease: Option<Lease>,
 }
 
 impl Connection {
-    fn new(stream: UnixStream, broker: Arc<Broker>) -> Self {
-        let peer = match getsockopt(&stream.as_fd(), PeerCredentials) {
-            Ok(c) => Peer {
-                pid: c.pid(),
-                uid: c.uid(),
-                gid: c.gid(),
-            },
-            Err(_) => Peer {
-                pid: -1,
-                uid: u32::MAX,
-                gid: u32::MAX,
-            },
-        };
+    fn new(stream: UnixStream, broker: Arc<Broker>, policy: Arc<Policy>) -> Self {
+        let (peer, identity) = peer_of(stream.as_fd());
         Connection {
             chan: Channel::new(stream),
             broker,
+            policy,
+            identity,
             peer,
             greeted: false,
             lease: None,
@@ -170,16 +169,14 @@ impl Connection {
                 true
             }
             Request::Open(req) => {
-                if let Some(lease) = &self.lease {
-                    self.reply_error(ErrorReply::new(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "this connection already holds a lease on {}; release it or open \
-                             another connection",
-                            lease.describe()
-                        ),
-                    ));
-                    return true;
+                let ask = Ask::Sockets {
+                    ifname: &req.ifname,
+                    queues: req.queues,
+                    mode: req.mode,
+                    copy: req.copy,
+                };
+                if let Err(e) = self.admit(ask) {
+                    return self.refuse(&req.ifname, e);
                 }
                 let p = self.peer;
                 match self.broker.open(&req, p) {
@@ -198,14 +195,7 @@ impl Connection {
                         self.on_leased();
                         sent
                     }
-                    Err(e) => {
-                        info!(
-                            event = "refuse", pid = p.pid, uid = p.uid, gid = p.gid,
-                            ifname = %req.ifname, code = %e.code, "refused: {}", e.message
-                        );
-                        self.reply_error(e);
-                        true
-                    }
+                    Err(e) => self.refuse(&req.ifname, e),
                 }
             }
             Request::Release => {
@@ -214,16 +204,13 @@ impl Connection {
                 self.send(&Response::Released { queues }, &[])
             }
             Request::OpenMap(req) => {
-                if let Some(lease) = &self.lease {
-                    self.reply_error(ErrorReply::new(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "this connection already holds a lease on {}; release it or open \
-                             another connection",
-                            lease.describe()
-                        ),
-                    ));
-                    return true;
+                let ask = Ask::Map {
+                    ifname: &req.ifname,
+                    queues: req.queues,
+                    mode: req.mode,
+                };
+                if let Err(e) = self.admit(ask) {
+                    return self.refuse(&req.ifname, e);
                 }
                 let p = self.peer;
                 match self.broker.open_map(&req, p) {
@@ -242,22 +229,45 @@ impl Connection {
                         self.on_leased();
                         sent
                     }
-                    Err(e) => {
-                        info!(
-                            event = "refuse", pid = p.pid, uid = p.uid, gid = p.gid,
-                            ifname = %req.ifname, code = %e.code, "refused: {}", e.message
-                        );
-                        self.reply_error(e);
-                        true
-                    }
+                    Err(e) => self.refuse(&req.ifname, e),
                 }
             }
             Request::Status(_) => {
                 debug!(pid = self.peer.pid, uid = self.peer.uid, "status requested");
+                if let Err(e) = self.policy.check(&self.identity, Ask::Status) {
+                    return self.refuse("-", e);
+                }
                 let reply = status_reply(&self.broker);
                 self.send(&Response::Status(reply), &[])
             }
         }
+    }
+
+    /// Refuse a second lease on one connection, and whatever the policy does
+    /// not allow this peer.
+    fn admit(&self, ask: Ask<'_>) -> Result<(), ErrorReply> {
+        if let Some(lease) = &self.lease {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this connection already holds a lease on {}; release it or open \
+                     another connection",
+                    lease.describe()
+                ),
+            ));
+        }
+        self.policy.check(&self.identity, ask)
+    }
+
+    /// Log a refusal with the peer's identity and answer it; keeps the connection.
+    fn refuse(&self, ifname: &str, e: ErrorReply) -> bool {
+        let p = self.peer;
+        info!(
+            event = "refuse", pid = p.pid, uid = p.uid, gid = p.gid,
+            ifname = %ifname, code = %e.code, "refused: {}", e.message
+        );
+        self.reply_error(e);
+        true
     }
 
     fn end_lease(&mut self, why: &str) {

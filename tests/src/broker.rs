@@ -64,6 +64,32 @@ pub struct BrokerProcess {
     ns: String,
 }
 
+/// The policy test brokers run with unless a test passes its own `--policy`:
+/// uid nobody (the test bed's clients) may lease any interface, any number of
+/// queues, in any mode, and use the map flow.
+pub const TEST_POLICY: &str = r#"{
+  "version": 1,
+  "rules": [
+    { "name": "test-bed", "users": ["nobody"], "interfaces": ["*"], "map_flow": true }
+  ]
+}
+"#;
+
+/// `["--policy", "DIR/test-policy.json"]` with [`TEST_POLICY`] written there,
+/// or nothing when `extra` already names a policy.
+fn test_policy(dir: &Path, extra: &[&str]) -> Result<Vec<std::ffi::OsString>> {
+    if extra
+        .iter()
+        .any(|a| *a == "--policy" || a.starts_with("--policy="))
+    {
+        return Ok(Vec::new());
+    }
+    let path = dir.join("test-policy.json");
+    std::fs::write(&path, TEST_POLICY)
+        .with_context(|| format!("writing the test policy {}", path.display()))?;
+    Ok(vec!["--policy".into(), path.into_os_string()])
+}
+
 impl BrokerProcess {
     /// Start `xsk-brokerd` (from [`workspace_bin`]) in `ns`, with its socket and log in
     /// `dir`, and wait until the socket accepts connections.
@@ -98,6 +124,25 @@ impl BrokerProcess {
         dir: &Path,
         extra: &[&str],
     ) -> Result<BrokerProcess> {
+        let policy = test_policy(dir, extra)?;
+        BrokerProcess::spawn_inner(prefix, bin, ns, dir, &policy, extra)
+    }
+
+    /// [`BrokerProcess::spawn_with_args`] without the test policy: the broker's own
+    /// default applies (only root may lease).
+    pub fn spawn_without_policy(ns: &Netns, dir: &Path, extra: &[&str]) -> Result<BrokerProcess> {
+        let bin = workspace_bin("xsk-brokerd")?;
+        BrokerProcess::spawn_inner(&[], &bin, ns, dir, &[], extra)
+    }
+
+    fn spawn_inner(
+        prefix: &[&str],
+        bin: &Path,
+        ns: &Netns,
+        dir: &Path,
+        policy: &[std::ffi::OsString],
+        extra: &[&str],
+    ) -> Result<BrokerProcess> {
         let socket = dir.join("xsk-brokerd.sock");
         let log_path = dir.join("xsk-brokerd.log");
         let log = std::fs::OpenOptions::new()
@@ -117,6 +162,7 @@ impl BrokerProcess {
         cmd.arg("--socket")
             .arg(&socket)
             .args(["--socket-mode", "0666"])
+            .args(policy)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
@@ -158,8 +204,10 @@ impl BrokerProcess {
             .try_clone()
             .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
         let mut cmd = ns.exec_command(["systemd-socket-activate", "--fdname=xsk-broker", "-l"]);
+        let policy = test_policy(dir, extra)?;
         cmd.arg(&socket)
             .arg(&bin)
+            .args(&policy)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log)

@@ -39,6 +39,7 @@ mod capture;
 mod client;
 mod cmd;
 mod ethtool;
+mod harness;
 mod netns;
 mod packet;
 mod peer;
@@ -47,10 +48,13 @@ mod testbed;
 mod unpriv;
 mod xdp;
 
-pub use broker::{workspace_bin, BrokerProcess, BROKER_READY_TIMEOUT, BROKER_STOP_GRACE};
+pub use broker::{
+    workspace_bin, BrokerProcess, BROKER_READY_TIMEOUT, BROKER_STOP_GRACE, TEST_POLICY,
+};
 pub use capture::Capture;
 pub use client::{serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
+pub use harness::{wait_until, BrokerBed};
 pub use netns::{cleanup_stale_netns, Netns};
 pub use packet::{
     build_udp_frame, frame_checksums_ok, parse_udp_frame, reflect_udp_frame, UdpFrame, ETH_HLEN,

@@ -19,42 +19,19 @@ use xsk_broker_protocol::{
 use xsk_client::BrokerClient;
 use xsk_testbed::{
     build_udp_frame, cap_eff, frame_checksums_ok, nobody_ids, parse_udp_frame, proc_status_uid,
-    require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip, workspace_bin,
-    BrokerProcess, Capture, ClientProcess, TempDir, Testbed, DEFAULT_DST_PORT, TEST_FRAMES,
+    require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip, wait_until,
+    workspace_bin, BrokerBed, BrokerProcess, Capture, ClientProcess, TempDir, Testbed,
+    DEFAULT_DST_PORT, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
-
-/// A test bed with a broker. Fields drop in order: broker before namespaces.
-struct Env {
-    broker: BrokerProcess,
-    tb: Testbed,
-    _dir: TempDir,
-    _lock: nix::fcntl::Flock<std::fs::File>,
-}
-
-fn setup(test: &str, queues: u32) -> Option<Env> {
-    if !require_root(test) {
-        return None;
-    }
-    let lock = serial_guard().expect("e2e lock");
-    let tb = Testbed::new(queues).expect("building the veth test bed");
-    let dir = TempDir::new("xsk-e2e").expect("temp dir");
-    let broker = BrokerProcess::spawn(&tb.xsk, dir.path()).expect("starting xsk-brokerd");
-    Some(Env {
-        broker,
-        tb,
-        _dir: dir,
-        _lock: lock,
-    })
-}
 
 fn frames_arg() -> String {
     TEST_FRAMES.to_string()
 }
 
 /// Start an unprivileged client on `queues` queues from `start`.
-fn client(env: &Env, cmd: &str, queues: u32, start: u32, extra: &[&str]) -> ClientProcess {
+fn client(env: &BrokerBed, cmd: &str, queues: u32, start: u32, extra: &[&str]) -> ClientProcess {
     let q = queues.to_string();
     let s = start.to_string();
     let f = frames_arg();
@@ -106,7 +83,7 @@ fn hex_decode(s: &str) -> Vec<u8> {
 ///    receives N UDP packets sent from the peer; payloads verified.
 #[test]
 fn unprivileged_client_receives_udp_from_peer() {
-    let Some(env) = setup("unprivileged_client_receives_udp_from_peer", 1) else {
+    let Some(env) = BrokerBed::start("unprivileged_client_receives_udp_from_peer", 1) else {
         return;
     };
     const N: u32 = 200;
@@ -175,7 +152,7 @@ fn unprivileged_client_receives_udp_from_peer() {
 ///    verified by a capture there.
 #[test]
 fn unprivileged_client_transmits_to_peer() {
-    let Some(env) = setup("unprivileged_client_transmits_to_peer", 1) else {
+    let Some(env) = BrokerBed::start("unprivileged_client_transmits_to_peer", 1) else {
         return;
     };
     const N: usize = 300;
@@ -246,7 +223,7 @@ fn unprivileged_client_transmits_to_peer() {
 
 /// 3. On a multi-queue veth every leased queue carries traffic both ways.
 fn every_queue_carries_traffic(test: &str, queues: u32) {
-    let Some(env) = setup(test, queues) else {
+    let Some(env) = BrokerBed::start(test, queues) else {
         return;
     };
     let mut c = client(&env, "echo", queues, 0, &["--require-unprivileged"]);
@@ -295,7 +272,7 @@ fn four_queues_each_carry_traffic() {
 /// Forced skb (generic) mode works as well, and is what is reported.
 #[test]
 fn skb_mode_echo_roundtrip() {
-    let Some(env) = setup("skb_mode_echo_roundtrip", 1) else {
+    let Some(env) = BrokerBed::start("skb_mode_echo_roundtrip", 1) else {
         return;
     };
     let mut c = client(&env, "echo", 1, 0, &["--mode", "skb"]);
@@ -314,7 +291,7 @@ fn skb_mode_echo_roundtrip() {
 /// 4. A second client asking for a leased queue gets "queue busy".
 #[test]
 fn leased_queue_is_busy_for_others() {
-    let Some(env) = setup("leased_queue_is_busy_for_others", 4) else {
+    let Some(env) = BrokerBed::start("leased_queue_is_busy_for_others", 4) else {
         return;
     };
     let mut a = client(&env, "echo", 2, 0, &[]);
@@ -342,22 +319,11 @@ fn leased_queue_is_busy_for_others() {
     a.stop().unwrap();
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// 5. SIGKILL of a client frees its queues, and after the last lease ends no
 ///    XDP program is left on the interface.
 #[test]
 fn sigkill_frees_queues_and_last_lease_detaches() {
-    let Some(env) = setup("sigkill_frees_queues_and_last_lease_detaches", 2) else {
+    let Some(env) = BrokerBed::start("sigkill_frees_queues_and_last_lease_detaches", 2) else {
         return;
     };
     assert_eq!(env.tb.xdp_prog_id().unwrap(), None);
@@ -394,13 +360,13 @@ fn sigkill_frees_queues_and_last_lease_detaches() {
 struct Raw(Channel);
 
 impl Raw {
-    fn connect(env: &Env) -> Raw {
+    fn connect(env: &BrokerBed) -> Raw {
         let s = UnixStream::connect(env.broker.socket_path()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Raw(Channel::new(s))
     }
 
-    fn hello(env: &Env) -> Raw {
+    fn hello(env: &BrokerBed) -> Raw {
         let r = Raw::connect(env);
         let resp = r.call(&Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -439,7 +405,7 @@ fn expect_error(resp: Response, code: ErrorCode, needle: &str) {
     }
 }
 
-fn open_req(env: &Env, queues: u32, start: u32) -> Request {
+fn open_req(env: &BrokerBed, queues: u32, start: u32) -> Request {
     Request::Open(OpenRequest {
         start_queue: start,
         ..OpenRequest::new(env.tb.xsk_if.clone(), queues)
@@ -450,7 +416,7 @@ fn open_req(env: &Env, queues: u32, start: u32) -> Request {
 ///    open/close cycles its open fd count does not grow.
 #[test]
 fn bad_input_gets_clear_errors_and_nothing_leaks() {
-    let Some(env) = setup("bad_input_gets_clear_errors_and_nothing_leaks", 2) else {
+    let Some(env) = BrokerBed::start("bad_input_gets_clear_errors_and_nothing_leaks", 2) else {
         return;
     };
     let r = Raw::connect(&env);
@@ -590,7 +556,7 @@ fn bad_input_gets_clear_errors_and_nothing_leaks() {
 /// The broker never replaces an XDP program it did not attach.
 #[test]
 fn foreign_xdp_program_is_left_alone() {
-    let Some(env) = setup("foreign_xdp_program_is_left_alone", 1) else {
+    let Some(env) = BrokerBed::start("foreign_xdp_program_is_left_alone", 1) else {
         return;
     };
     let foreign = env.tb.attach_xdp_pass().unwrap();
@@ -645,7 +611,7 @@ fn broker_without_capabilities_names_what_is_missing() {
 /// The broker keeps only the capabilities it needs.
 #[test]
 fn broker_drops_capabilities_it_does_not_need() {
-    let Some(env) = setup("broker_drops_capabilities_it_does_not_need", 1) else {
+    let Some(env) = BrokerBed::start("broker_drops_capabilities_it_does_not_need", 1) else {
         return;
     };
     let eff = cap_eff(env.broker.pid()).unwrap();
@@ -657,7 +623,7 @@ fn broker_drops_capabilities_it_does_not_need() {
 /// hold up a well-behaved client.
 #[test]
 fn silent_and_half_sent_clients_do_not_block_others() {
-    let Some(env) = setup("silent_and_half_sent_clients_do_not_block_others", 2) else {
+    let Some(env) = BrokerBed::start("silent_and_half_sent_clients_do_not_block_others", 2) else {
         return;
     };
     // Connected and silent; a partial header; a full header with half a body;
@@ -690,4 +656,156 @@ fn silent_and_half_sent_clients_do_not_block_others() {
         "a good client waited {took:?}"
     );
     drop((silent, partial, half, holder));
+}
+
+/// Start an unprivileged `xsk-client rx` with `args` and return its failure text.
+fn refused(socket: &std::path::Path, args: &[&str]) -> String {
+    let c = ClientProcess::spawn("rx", socket, args, None).unwrap();
+    let (stderr, status) = c.wait_failure(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not_permitted"), "{stderr}");
+    stderr
+}
+
+/// The policy file decides who may lease what, and a denial names the rule.
+#[test]
+fn policy_decides_who_leases_what_and_names_the_rule() {
+    if !require_root("policy_decides_who_leases_what_and_names_the_rule") {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(2).unwrap();
+    let dir = TempDir::new("xsk-policy").unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"version": 1, "rules": [
+                {{"name": "one-queue", "users": ["nobody"], "interfaces": ["{}"],
+                  "max_queues": 1, "modes": ["auto", "native"], "copy": ["auto", "copy"]}}
+            ]}}"#,
+            tb.xsk_if
+        ),
+    )
+    .unwrap();
+    let broker = BrokerProcess::spawn_with_args(
+        &tb.xsk,
+        dir.path(),
+        &["--policy", policy.to_str().unwrap()],
+    )
+    .unwrap();
+    let sock = broker.socket_path();
+    let f = frames_arg();
+    let base = ["--ifname", tb.xsk_if.as_str(), "--frames", f.as_str()];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let e = refused(sock, &with(&["--queues", "2"]));
+    assert!(
+        e.contains("rule \"one-queue\" allows at most 1 queue(s) per lease; 2 were asked for"),
+        "{e}"
+    );
+    let e = refused(sock, &with(&["--mode", "skb"]));
+    assert!(
+        e.contains("rule \"one-queue\" does not allow XDP mode skb (allowed: auto, native)"),
+        "{e}"
+    );
+    let e = refused(sock, &with(&["--copy", "zero-copy"]));
+    assert!(e.contains("does not allow copy setting zero-copy"), "{e}");
+    let e = refused(sock, &with(&["--via-map", "fd"]));
+    assert!(
+        e.contains("rule \"one-queue\" does not allow the map flow"),
+        "{e}"
+    );
+    let e = refused(sock, &["--ifname", "lo", "--frames", f.as_str()]);
+    assert!(e.contains("does not allow interface \"lo\""), "{e}");
+
+    // What the rule allows is granted.
+    let mut c = ClientProcess::spawn("rx", sock, &with(&["--queues", "1"]), None).unwrap();
+    let ready = c.wait_event("ready", READY).unwrap();
+    assert_eq!(ready["queues"], serde_json::json!([0]));
+    c.stop().unwrap();
+
+    // Every decision is logged with the peer's identity.
+    let log = broker.log();
+    let (nobody, _) = nobody_ids().unwrap();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("refused") && l.contains(&format!("uid={}", nobody.as_raw())))
+        .count();
+    assert_eq!(refusals, 5, "{log}");
+    assert!(log.contains("granted"), "{log}");
+    assert!(log.contains("released"), "{log}");
+}
+
+/// Without a policy file only root may lease or read the status.
+#[test]
+fn without_a_policy_only_root_may_lease() {
+    if !require_root("without_a_policy_only_root_may_lease") {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let dir = TempDir::new("xsk-rootonly").unwrap();
+    let broker = BrokerProcess::spawn_without_policy(&tb.xsk, dir.path(), &[]).unwrap();
+    let f = frames_arg();
+    let e = refused(
+        broker.socket_path(),
+        &["--ifname", &tb.xsk_if, "--frames", &f],
+    );
+    assert!(
+        e.contains("no policy is loaded, so only root may use this broker"),
+        "{e}"
+    );
+    // Root is served.
+    let lease = BrokerClient::connect(broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(tb.xsk_if.clone(), 1))
+        .unwrap();
+    assert_eq!(lease.info().sockets.len(), 1);
+    assert!(broker.log().contains("no policy file: only root may lease"));
+}
+
+/// The control socket's owner, group and mode come from the options.
+#[test]
+fn socket_owner_group_and_mode_are_set_by_options() {
+    if !require_root("socket_owner_group_and_mode_are_set_by_options") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _lock = serial_guard().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let dir = TempDir::new("xsk-owner").unwrap();
+    let sock = dir.join("owned.sock");
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, xsk_testbed::TEST_POLICY).unwrap();
+    let (nobody, nogroup) = nobody_ids().unwrap();
+    let mut broker = tb
+        .xsk
+        .exec_command([workspace_bin("xsk-brokerd").unwrap().as_os_str()])
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--socket-owner", "nobody", "--socket-group"])
+        .arg(nogroup.as_raw().to_string())
+        .args(["--socket-mode", "0600", "--policy"])
+        .arg(&policy)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the broker's socket", Duration::from_secs(10), || {
+        UnixStream::connect(&sock).ok().map(|_| ())
+    });
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
+        (nobody.as_raw(), nogroup.as_raw(), 0o600)
+    );
+    // nobody, the owner, can connect through mode 0600 and lease.
+    let f = frames_arg();
+    let mut c =
+        ClientProcess::spawn("rx", &sock, &["--ifname", &tb.xsk_if, "--frames", &f], None).unwrap();
+    c.wait_event("ready", READY).unwrap();
+    c.stop().unwrap();
+    let _ = broker.kill();
+    let _ = broker.wait();
 }

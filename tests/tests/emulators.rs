@@ -11,49 +11,18 @@ use xsk_client::BrokerClient;
 
 use xsk_testbed::{
     build_udp_frame, cap_eff, frame_checksums_ok, nobody_ids, parse_udp_frame, proc_fds,
-    proc_socket_domain, proc_status_uid, require_root, send_udp, serial_guard, workspace_bin,
-    BrokerProcess, Capture, ClientProcess, TempDir, Testbed, DEFAULT_DST_PORT, TEST_FRAMES,
+    proc_socket_domain, proc_status_uid, send_udp, wait_until, workspace_bin, BrokerBed, Capture,
+    ClientProcess, DEFAULT_DST_PORT, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
 
-/// A test bed with a broker. Fields drop in order: broker before namespaces.
-struct Env {
-    broker: BrokerProcess,
-    tb: Testbed,
-    dir: TempDir,
-    _lock: nix::fcntl::Flock<std::fs::File>,
-}
-
-fn setup(test: &str, queues: u32) -> Option<Env> {
-    if !require_root(test) {
-        return None;
-    }
-    let lock = serial_guard().expect("e2e lock");
-    let tb = Testbed::new(queues).expect("building the veth test bed");
-    let dir = TempDir::new("xsk-emu").expect("temp dir");
-    let broker = BrokerProcess::spawn(&tb.xsk, dir.path()).expect("starting xsk-brokerd");
-    Some(Env {
-        broker,
-        tb,
-        dir,
-        _lock: lock,
-    })
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Try to lease `queues` queues from `start`; the broker's error code on refusal.
-fn try_open(env: &Env, queues: u32, start: u32) -> Result<xsk_client::Lease, Option<ErrorCode>> {
+fn try_open(
+    env: &BrokerBed,
+    queues: u32,
+    start: u32,
+) -> Result<xsk_client::Lease, Option<ErrorCode>> {
     BrokerClient::connect(env.broker.socket_path())
         .unwrap()
         .open(OpenRequest {
@@ -65,7 +34,7 @@ fn try_open(env: &Env, queues: u32, start: u32) -> Result<xsk_client::Lease, Opt
 
 /// `xsk-client exec --json --socket S --ifname IF --queues Q --start-queue S0 -- argv...`
 /// as nobody.
-fn launch(env: &Env, queues: u32, start: u32, argv: &[&str]) -> ClientProcess {
+fn launch(env: &BrokerBed, queues: u32, start: u32, argv: &[&str]) -> ClientProcess {
     let q = queues.to_string();
     let s = start.to_string();
     let mut args = vec![
@@ -111,7 +80,7 @@ impl Drop for KillOnDrop {
 ///    backgrounded child are gone, then reclaimed (queue free, XDP detached).
 #[test]
 fn exec_launcher_passes_exactly_the_leased_fds_and_lease_follows_program() {
-    let Some(env) = setup(
+    let Some(env) = BrokerBed::start(
         "exec_launcher_passes_exactly_the_leased_fds_and_lease_follows_program",
         4,
     ) else {
@@ -236,7 +205,7 @@ fn exec_launcher_passes_exactly_the_leased_fds_and_lease_follows_program() {
 ///     PROGRAM is exit status 127 and its lease is given back at once.
 #[test]
 fn exec_launcher_refusal_never_starts_program() {
-    let Some(env) = setup("exec_launcher_refusal_never_starts_program", 2) else {
+    let Some(env) = BrokerBed::start("exec_launcher_refusal_never_starts_program", 2) else {
         return;
     };
     let holder = try_open(&env, 1, 0).unwrap();
@@ -315,7 +284,7 @@ fn consecutive_udp_sockets(n: u16) -> (Vec<UdpSocket>, u16) {
 #[test]
 fn udp_bridge_under_launcher_carries_frames_both_ways_on_every_queue() {
     const QUEUES: u16 = 4;
-    let Some(env) = setup(
+    let Some(env) = BrokerBed::start(
         "udp_bridge_under_launcher_carries_frames_both_ways_on_every_queue",
         u32::from(QUEUES),
     ) else {
@@ -467,7 +436,8 @@ fn udp_bridge_under_launcher_carries_frames_both_ways_on_every_queue() {
 /// 2. A program given a bad sock-fds list says exactly what is wrong with it.
 #[test]
 fn sock_fds_faults_are_named_by_the_receiving_program() {
-    let Some(env) = setup("sock_fds_faults_are_named_by_the_receiving_program", 2) else {
+    let Some(env) = BrokerBed::start("sock_fds_faults_are_named_by_the_receiving_program", 2)
+    else {
         return;
     };
     let bridge = bridge_bin();

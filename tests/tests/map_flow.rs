@@ -5,13 +5,13 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xsk_broker_protocol::{ErrorCode, OpenMapRequest, OpenRequest};
 use xsk_client::BrokerClient;
 use xsk_testbed::{
     cap_eff, nobody_ids, proc_status_uid, require_root, run_command, serial_guard, udp_roundtrip,
-    workspace_bin, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
+    wait_until, workspace_bin, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
@@ -75,17 +75,6 @@ fn setup(test: &str, queues: u32, with_bpffs: bool) -> Option<Env> {
         _dir: dir,
         _lock: lock,
     })
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn map_client(env: &Env, via: &str, queues: u32, caps: Option<&[u32]>) -> ClientProcess {

@@ -11,39 +11,16 @@ use serde_json::Value;
 use xsk_client::{BrokerClient, OpenRequest, SocketConfig};
 use xsk_testbed::{
     nobody_ids, require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip,
-    workspace_bin, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
+    wait_until, workspace_bin, BrokerBed, BrokerProcess, ClientProcess, TempDir, Testbed,
+    TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
 
-/// A test bed with a broker. Fields drop in order: broker before namespaces.
-struct Env {
-    broker: BrokerProcess,
-    tb: Testbed,
-    _dir: TempDir,
-    _lock: nix::fcntl::Flock<std::fs::File>,
-}
-
-fn setup(test: &str, queues: u32) -> Option<Env> {
-    if !require_root(test) {
-        return None;
-    }
-    let lock = serial_guard().expect("e2e lock");
-    let tb = Testbed::new(queues).expect("building the veth test bed");
-    let dir = TempDir::new("xsk-ops").expect("temp dir");
-    let broker = BrokerProcess::spawn(&tb.xsk, dir.path()).expect("starting xsk-brokerd");
-    Some(Env {
-        broker,
-        tb,
-        _dir: dir,
-        _lock: lock,
-    })
-}
-
 /// Run `xsk-brokerctl --socket SOCKET ARGS...` as uid nobody with no
 /// capabilities (reading status needs none) and return its stdout; fails on
 /// a non-zero exit, with its stderr.
-fn brokerctl(env: &Env, args: &[&str]) -> String {
+fn brokerctl(env: &BrokerBed, args: &[&str]) -> String {
     let mut cmd = Command::new(workspace_bin("xsk-brokerctl").unwrap());
     cmd.arg("--socket")
         .arg(env.broker.socket_path())
@@ -64,20 +41,9 @@ fn brokerctl(env: &Env, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn status_json(env: &Env) -> Value {
+fn status_json(env: &BrokerBed) -> Value {
     let out = brokerctl(env, &["status", "--json"]);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 const STAT_NAMES: [&str; 6] = [
@@ -95,7 +61,8 @@ const STAT_NAMES: [&str; 6] = [
 /// socket the same XDP_STATISTICS the client reads on its own fd.
 #[test]
 fn status_shows_leases_holders_and_statistics_with_traffic() {
-    let Some(env) = setup("status_shows_leases_holders_and_statistics_with_traffic", 2) else {
+    let Some(env) = BrokerBed::start("status_shows_leases_holders_and_statistics_with_traffic", 2)
+    else {
         return;
     };
     let empty = status_json(&env);
@@ -222,7 +189,7 @@ fn status_shows_leases_holders_and_statistics_with_traffic() {
 /// take; status shows those drops, and they are the socket's own counters.
 #[test]
 fn status_counts_drops_of_a_socket_that_is_not_read() {
-    let Some(env) = setup("status_counts_drops_of_a_socket_that_is_not_read", 1) else {
+    let Some(env) = BrokerBed::start("status_counts_drops_of_a_socket_that_is_not_read", 1) else {
         return;
     };
     let mut lease = BrokerClient::connect(env.broker.socket_path())

@@ -241,6 +241,7 @@ fn debian_package_installs_runs_and_purges() {
         "/usr/lib/systemd/system/xsk-broker.service",
         "/usr/lib/systemd/system/xsk-broker.socket",
         "/etc/default/xsk-broker",
+        "/etc/xsk-broker/policy.json",
     ] {
         assert!(
             files.contains(&PathBuf::from(want)),
@@ -272,9 +273,30 @@ fn debian_package_installs_runs_and_purges() {
     {
         let tb = Testbed::new(1).unwrap();
         let dir = TempDir::new("xsk-deb").unwrap();
-        let broker =
-            BrokerProcess::spawn_bin(Path::new("/usr/bin/xsk-brokerd"), &tb.xsk, dir.path(), &[])
-                .unwrap();
+        // With the packaged policy: members of group xsk-broker (and root) only.
+        let broker = BrokerProcess::spawn_bin(
+            Path::new("/usr/bin/xsk-brokerd"),
+            &tb.xsk,
+            dir.path(),
+            &["--policy", "/etc/xsk-broker/policy.json"],
+        )
+        .unwrap();
+        let outsider = xsk_testbed::ClientProcess::spawn(
+            "rx",
+            broker.socket_path(),
+            &["--ifname", &tb.xsk_if, "--frames", "256"],
+            None,
+        )
+        .unwrap();
+        let (err, status) = outsider
+            .wait_failure(std::time::Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("not_permitted")
+                && err.contains("no rule of /etc/xsk-broker/policy.json admits uid 65534"),
+            "{err}"
+        );
         let lease = BrokerClient::connect(broker.socket_path())
             .unwrap()
             .open(OpenRequest::new(tb.xsk_if.clone(), 1))
@@ -387,11 +409,15 @@ fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
     let sock = dir.join("broker.sock");
     let msock = dir.join("metrics.sock");
     let trace = dir.join("strace.log");
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, xsk_testbed::TEST_POLICY).unwrap();
     let mut cmd = tb.xsk.exec_command(["strace", "-f", "-qq", "-o"]);
     cmd.arg(&trace)
         .arg(workspace_bin("xsk-brokerd").unwrap())
         .arg("--socket")
         .arg(&sock)
+        .arg("--policy")
+        .arg(&policy)
         .args(["--socket-mode", "0666", "--metrics-socket"])
         .arg(&msock)
         .stdout(std::process::Stdio::null())
