@@ -238,6 +238,7 @@ fn debian_package_installs_runs_and_purges() {
         "/usr/share/man/man8/xsk-brokerd.8.gz",
         "/usr/share/man/man1/xsk-brokerctl.1.gz",
         "/usr/share/man/man1/xsk-brokerctl-status.1.gz",
+        "/usr/share/man/man1/xsk-client.1.gz",
         "/usr/lib/systemd/system/xsk-broker.service",
         "/usr/lib/systemd/system/xsk-broker.socket",
         "/etc/default/xsk-broker",
@@ -259,6 +260,10 @@ fn debian_package_installs_runs_and_purges() {
     let man = run(Command::new("sh").args(["-c", "gzip -dc /usr/share/man/man8/xsk-brokerd.8.gz"]));
     for opt in ["socket\\-mode", "log\\-format", "metrics\\-listen"] {
         assert!(man.contains(opt), "xsk-brokerd.8 lacks {opt}:\n{man}");
+    }
+    let man = run(Command::new("sh").args(["-c", "gzip -dc /usr/share/man/man1/xsk-client.1.gz"]));
+    for sub in ["rx", "tx", "echo", "exec"] {
+        assert!(man.contains(sub), "xsk-client.1 lacks {sub}:\n{man}");
     }
     // The installed units verify against the installed binary.
     let (ok, text) = verify(&[

@@ -70,6 +70,10 @@ enum Cmd {
     /// 125 if the broker refused or the launcher failed (PROGRAM not
     /// started), 126 if PROGRAM could not be executed, 127 if not found.
     Exec(ExecArgs),
+    /// Write this program's man page (roff) to standard output, generated
+    /// from the same definitions as `--help` (used to build the package).
+    #[command(hide = true)]
+    Man,
 }
 
 /// Arguments of `xsk-client exec`.
@@ -893,6 +897,17 @@ fn main() {
 
 fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
     match cli.cmd {
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .manual("xsk-broker")
+                .render(&mut page)
+                .context("rendering the man page")?;
+            std::io::stdout()
+                .write_all(&page)
+                .context("writing the man page")
+        }
         Cmd::Rx {
             common,
             print_frames,
