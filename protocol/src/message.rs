@@ -571,8 +571,13 @@ fn decode_tagged<T: serde::de::DeserializeOwned>(
         _ => return Err(DecodeError::NoOp),
     };
     if !known.contains(&op.as_str()) {
+        // Show at most 64 bytes, cut at a character boundary.
+        let mut end = op.len().min(64);
+        while !op.is_char_boundary(end) {
+            end -= 1;
+        }
         let mut shown = op;
-        shown.truncate(64);
+        shown.truncate(end);
         return Err(DecodeError::UnknownOp(shown));
     }
     serde_json::from_slice(body).map_err(|e| DecodeError::Invalid {
@@ -667,6 +672,13 @@ mod tests {
                 open(bad)
             );
         }
+        // A long unknown op is cut to 64 bytes at a character boundary
+        // (found by the fuzzer: cutting inside a character panicked).
+        let long = format!(r#"{{"op":"{}é{}"}}"#, "a".repeat(63), "b".repeat(10));
+        assert_eq!(
+            decode_request(long.as_bytes()),
+            Err(DecodeError::UnknownOp("a".repeat(63)))
+        );
         // Invalid UTF-8 and deep nesting are errors, not crashes.
         assert!(decode_request(b"{\"op\":\"hel\xfflo\"}").is_err());
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));

@@ -484,6 +484,14 @@ fn hostile_frames_get_errors_and_leak_nothing() {
         ErrorCode::BadRequest,
         "duplicate field",
     );
+    // A long unknown op with a character across the 64-byte cut (the
+    // fuzzer found that this panicked the connection thread).
+    let long_op = format!(r#"{{"op":"{}é{}"}}"#, "a".repeat(63), "b".repeat(100));
+    expect_error(
+        r.raw(long_op.as_bytes()),
+        ErrorCode::BadRequest,
+        &format!("unknown operation \"{}\"", "a".repeat(63)),
+    );
     // NUL bytes and a huge number.
     expect_error(r.raw(b"{\"op\":\"st\0atus\"}"), ErrorCode::BadRequest, "");
     expect_error(
