@@ -277,8 +277,10 @@ impl Worker {
             nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
                 .with_context(|| format!("pinning queue {} to CPU {cpu}", self.sock.queue_id()))?;
         }
-        let frames = [&self.frame[..]; 256];
-        let batch_frames = &frames[..self.batch.min(frames.len())];
+        // One batch of references to the txonly frame (allocated before
+        // counting starts).
+        let frame = self.frame;
+        let batch_frames: Vec<&[u8]> = vec![&frame[..]; self.batch];
         let mut kicks = 0u64;
         // Batches run, and batches that moved no frame (spins).
         let (mut loops, mut idle) = (0u64, 0u64);
@@ -310,7 +312,7 @@ impl Worker {
                     }
                 }
                 Mode::Txonly => {
-                    if self.sock.transmit(batch_frames)? == 0 {
+                    if self.sock.transmit(&batch_frames)? == 0 {
                         idle += 1;
                     }
                 }
