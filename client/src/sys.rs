@@ -155,6 +155,17 @@ pub(crate) fn statistics(fd: BorrowedFd<'_>) -> io::Result<xdp_statistics> {
     Ok(stats)
 }
 
+/// `XDP_MAX_TX_SKB_BUDGET` (`linux/if_xdp.h`, Linux 6.17+): how many tx
+/// descriptors one copy-mode `sendto` may turn into skbs (default 32).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Set `XDP_MAX_TX_SKB_BUDGET`. Kernels without it answer `ENOPROTOOPT`.
+pub(crate) fn set_tx_skb_budget(fd: BorrowedFd<'_>, budget: u32) -> io::Result<()> {
+    let budget =
+        libc::c_uint::try_from(budget).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    setsockopt_pod(fd, libc::SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &budget)
+}
+
 /// `XDP_OPTIONS`: the `xdp_options.flags` word.
 pub(crate) fn options(fd: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: xdp_options is one u32.

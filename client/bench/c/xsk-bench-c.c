@@ -70,7 +70,7 @@ struct opts {
 	int ifindex;
 	unsigned queues, start_queue, batch, frames, ring_size;
 	bool need_wakeup, prefer_busy_poll;
-	int busy_poll, busy_poll_budget;
+	int busy_poll, busy_poll_budget, tx_budget;
 	double duration, warmup;
 	int cpus[MAX_QUEUES], ncpus;
 	uint8_t dst_mac[6], src_mac[6];
@@ -455,6 +455,9 @@ static void setup(struct queue *q, const struct opts *o)
 	if (o->busy_poll >= 0 &&
 	    setsockopt(q->fd, SOL_SOCKET, SO_BUSY_POLL, &o->busy_poll, sizeof(int)))
 		die("setsockopt(SO_BUSY_POLL)");
+	/* XDP_MAX_TX_SKB_BUDGET (9, Linux 6.17+): frames per copy-mode sendto. */
+	if (o->tx_budget >= 0 && setsockopt(q->fd, SOL_XDP, 9, &o->tx_budget, sizeof(int)))
+		die("setsockopt(XDP_MAX_TX_SKB_BUDGET) (Linux 6.17+)");
 	if (o->busy_poll_budget >= 0 &&
 	    setsockopt(q->fd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, &o->busy_poll_budget, sizeof(int)))
 		die("setsockopt(SO_BUSY_POLL_BUDGET) (raising it needs CAP_NET_ADMIN)");
@@ -481,7 +484,7 @@ static void usage(void)
 		"       [--queues N] [--start-queue Q] [--batch 64] [--frames 2048] [--ring-size N]\n"
 		"       [--no-need-wakeup] [--busy-poll USECS] [--busy-poll-budget N]\n"
 		"       [--prefer-busy-poll] [--duration S] [--warmup S] [--cpus A,B]\n"
-		"       [--dst-mac MAC] [--src-mac MAC] [--label TEXT]\n");
+		"       [--dst-mac MAC] [--src-mac MAC] [--label TEXT] [--tx-budget N]\n");
 	exit(2);
 }
 
@@ -489,7 +492,7 @@ int main(int argc, char **argv)
 {
 	struct opts o = {
 		.queues = 1, .batch = 64, .frames = 2048, .need_wakeup = true,
-		.busy_poll = -1, .busy_poll_budget = -1, .duration = 5, .warmup = 1,
+		.busy_poll = -1, .busy_poll_budget = -1, .tx_budget = -1, .duration = 5, .warmup = 1,
 		.ifindex = -1, .dst_mac = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff },
 		.src_mac = { 2, 0, 0, 0, 0, 1 },
 	};
@@ -510,7 +513,8 @@ int main(int argc, char **argv)
 		{ "busy-poll", 1, 0, 'B' }, { "busy-poll-budget", 1, 0, 'u' },
 		{ "prefer-busy-poll", 0, 0, 'P' }, { "duration", 1, 0, 'd' },
 		{ "warmup", 1, 0, 'w' }, { "cpus", 1, 0, 'c' }, { "dst-mac", 1, 0, 'm' },
-		{ "src-mac", 1, 0, 'M' }, { "label", 1, 0, 'l' }, { 0, 0, 0, 0 },
+		{ "src-mac", 1, 0, 'M' }, { "label", 1, 0, 'l' }, { "tx-budget", 1, 0, 'T' },
+		{ 0, 0, 0, 0 },
 	};
 	int c;
 	optind = 2;
@@ -540,6 +544,7 @@ int main(int argc, char **argv)
 		case 'm': if (parse_mac(optarg, o.dst_mac)) usage(); break;
 		case 'M': if (parse_mac(optarg, o.src_mac)) usage(); break;
 		case 'l': o.label = optarg; break;
+		case 'T': o.tx_budget = atoi(optarg); break;
 		default: usage();
 		}
 	}

@@ -99,6 +99,10 @@ struct Cli {
     /// SO_PREFER_BUSY_POLL (needs CAP_NET_ADMIN).
     #[arg(long)]
     prefer_busy_poll: bool,
+    /// XDP_MAX_TX_SKB_BUDGET: frames one copy-mode transmit syscall may send
+    /// (kernel default 32; Linux 6.17+).
+    #[arg(long)]
+    tx_budget: Option<u32>,
     /// Seconds counted.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -421,6 +425,11 @@ fn run(cli: &Cli) -> Result<Value> {
     let (socks, lease) = sockets(cli, &config)?;
     for s in &socks {
         set_busy_poll(cli, s)?;
+        if let Some(b) = cli.tx_budget {
+            if !s.set_tx_budget(b)? {
+                bail!("--tx-budget: this kernel has no XDP_MAX_TX_SKB_BUDGET (Linux 6.17+)");
+            }
+        }
     }
     let frame = tx_frame(parse_mac(&cli.dst_mac)?, parse_mac(&cli.src_mac)?);
     let phase = Arc::new(AtomicU32::new(WARMUP));
@@ -510,6 +519,7 @@ fn run(cli: &Cli) -> Result<Value> {
         "ring_size": config.rx_size,
         "need_wakeup": config.need_wakeup,
         "busy_poll": cli.busy_poll,
+        "tx_budget": cli.tx_budget,
         "pps": pps.round(),
         "packets": packets,
         "seconds": seconds,
