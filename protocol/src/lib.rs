@@ -14,6 +14,13 @@
 //! carries; a frame whose fds do not match its declaration is refused and the
 //! fds it did carry are closed ([`transport::Channel::recv`]).
 //!
+//! Limits a receiver enforces: a body of at most [`MAX_MESSAGE_LEN`] bytes,
+//! never empty, at most [`MAX_FDS`] fds (more are closed; past the control
+//! buffer the kernel truncates them, [`TransportError::ControlTruncated`]),
+//! JSON nested at most [`MAX_NESTING`] deep, no duplicate or unknown keys; a
+//! frame must complete within the receiver's frame timeout once begun
+//! ([`Channel::set_frame_timeout`], [`TransportError::Stalled`]).
+//!
 //! The first request on a connection is [`Request::Hello`]; the broker answers
 //! with its version or an [`ErrorCode::UnsupportedVersion`] error. A connection
 //! then holds at most one lease: [`Request::Open`] is answered by
