@@ -726,8 +726,12 @@ fn policy_decides_who_leases_what_and_names_the_rule() {
     assert_eq!(ready["queues"], serde_json::json!([0]));
     c.stop().unwrap();
 
-    // Every decision is logged with the peer's identity.
-    let log = broker.log();
+    // Every decision is logged with the peer's identity (the release is
+    // logged as the broker notices the closed connection).
+    let log = wait_until("the release to be logged", Duration::from_secs(5), || {
+        let log = broker.log();
+        log.contains("released").then_some(log)
+    });
     let (nobody, _) = nobody_ids().unwrap();
     let refusals = log
         .lines()
