@@ -19,7 +19,8 @@ use clap::Parser;
 /// (xsk-broker.socket, /run/xsk-broker/broker.sock). Whoever can connect to
 /// it can lease queues and read the status (`xsk-brokerctl status`). Logs go
 /// to standard error. SIGTERM or SIGINT stops the broker; leased sockets stay
-/// with their holders.
+/// with their holders, and with --state-dir and --pin-dir a broker started
+/// again takes their leases over.
 ///
 /// Environment: XSK_BROKER_LOG is the log filter when --log-level is not
 /// given; LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES carry a socket-activated
@@ -80,6 +81,24 @@ pub struct Args {
     /// the lease ends. Needs CAP_CHOWN, which the broker then keeps.
     #[arg(long, value_name = "DIR")]
     pub bpffs_dir: Option<PathBuf>,
+
+    /// Directory where the broker keeps its state (`state.json`: every
+    /// interface it attached the XSK program to and every lease with its
+    /// holder), rewritten atomically after every grant and release, so that
+    /// a restarted broker (after SIGTERM or a crash) keeps live traffic
+    /// flowing, still refuses leased queues to others, releases the queues
+    /// of holders that exited meanwhile and detaches programs no lease uses.
+    /// Created (mode 0700) if missing. Needs --pin-dir.
+    #[arg(long, value_name = "DIR", requires = "pin_dir")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Directory on a bpffs where the broker pins each XSK program it
+    /// attaches and its XSKMAP (as IFINDEX-MODE-prog and IFINDEX-MODE-map),
+    /// so a restarted broker can reopen them without CAP_SYS_ADMIN. Created
+    /// (mode 0700) if missing; its parent must be on a bpf filesystem.
+    /// Needs --state-dir.
+    #[arg(long, value_name = "DIR", requires = "state_dir")]
+    pub pin_dir: Option<PathBuf>,
 
     /// Serve Prometheus text metrics (`GET /metrics` over HTTP) on this Unix
     /// socket: leases, grants, releases, refusals by error code and each

@@ -11,6 +11,7 @@ mod cli;
 mod limits;
 mod metrics;
 mod peercred;
+mod persist;
 mod policy;
 mod privs;
 mod server;
@@ -32,6 +33,11 @@ use tracing::info;
 /// Check that `dir` is (or can be made) a directory on a bpffs, and make it
 /// mode 0711: clients may open pins by name but not list them.
 fn prepare_bpffs_dir(dir: &Path) -> Result<()> {
+    prepare_dir_on_bpffs(dir, "--bpffs-dir", 0o711)
+}
+
+/// Check that `dir` is (or can be made) a directory on a bpffs, with `mode`.
+fn prepare_dir_on_bpffs(dir: &Path, option: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     let probe = if dir.exists() {
@@ -40,10 +46,10 @@ fn prepare_bpffs_dir(dir: &Path) -> Result<()> {
         parent.unwrap_or(Path::new("."))
     };
     let on_bpffs = xdp::is_bpffs(probe)
-        .with_context(|| format!("--bpffs-dir: inspecting {}", probe.display()))?;
+        .with_context(|| format!("{option}: inspecting {}", probe.display()))?;
     if !on_bpffs {
         bail!(
-            "--bpffs-dir {}: {} is not on a bpf filesystem; mount one first \
+            "{option} {}: {} is not on a bpf filesystem; mount one first \
              (`mount -t bpf bpf /sys/fs/bpf`) or choose a directory under one",
             dir.display(),
             probe.display()
@@ -51,17 +57,14 @@ fn prepare_bpffs_dir(dir: &Path) -> Result<()> {
     }
     if !dir.exists() {
         std::fs::DirBuilder::new()
-            .mode(0o711)
+            .mode(mode)
             .create(dir)
-            .with_context(|| format!("--bpffs-dir: creating {}", dir.display()))?;
+            .with_context(|| format!("{option}: creating {}", dir.display()))?;
     } else if !dir.is_dir() {
-        bail!(
-            "--bpffs-dir {} exists and is not a directory",
-            dir.display()
-        );
+        bail!("{option} {} exists and is not a directory", dir.display());
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-        .with_context(|| format!("--bpffs-dir: chmod 0711 {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("{option}: chmod {mode:o} {}", dir.display()))?;
     Ok(())
 }
 
@@ -293,6 +296,17 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         }
         prepare_bpffs_dir(dir)?;
     }
+    let persist = match (&args.state_dir, &args.pin_dir) {
+        (Some(state), Some(pins)) => {
+            prepare_dir_on_bpffs(pins, "--pin-dir", 0o700)?;
+            let state = persist::StateDir::open(state).context("--state-dir")?;
+            Some(state::Persist {
+                state,
+                pins: pins.clone(),
+            })
+        }
+        _ => None,
+    };
     let control = control_socket(&args, activation)?;
     // Socket files this broker created: removed if start-up fails, and at exit.
     let mut created = RemoveOnDrop(control.remove_at_exit.iter().cloned().collect());
@@ -324,8 +338,17 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
     );
 
     let limits = limits_from(&args)?;
-    let broker =
-        Arc::new(state::Broker::with_bpffs_dir(args.bpffs_dir.clone()).with_limits(limits));
+    let broker = Arc::new(state::Broker::new(args.bpffs_dir.clone(), persist).with_limits(limits));
+    if args.state_dir.is_some() {
+        let (kept, released) = broker
+            .restore()
+            .context("restoring the state of an earlier run (--state-dir)")?;
+        info!(
+            kept,
+            released,
+            "restored the state of an earlier run: {kept} lease(s) kept, {released} released"
+        );
+    }
     spawn_interface_watcher(Arc::clone(&broker)).context("starting the interface watcher")?;
     let started = std::time::Instant::now();
     for endpoint in metrics_endpoints {

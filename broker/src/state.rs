@@ -15,6 +15,7 @@ use xsk_broker_protocol::{
 };
 
 use crate::limits::{Connections, Limits};
+use crate::persist::{self, InterfaceState, LeaseKind, LeaseState, StateDir, StateFile};
 use crate::xdp::{self, XskProgram};
 
 /// Identifies a lease (one control connection's grant).
@@ -134,10 +135,19 @@ struct LeaseRecord {
     peer: Peer,
     granted: Instant,
     sockets: Vec<(u32, Arc<OwnedFd>)>,
-    /// Queues of a map lease (which has no sockets of the broker's).
+    /// Queues the broker holds no socket of: a map lease's, or those of a
+    /// lease restored from the state file after a restart.
     map_queues: Vec<u32>,
     /// Shared with the [`Lease`], to end it from here.
     revocation: Arc<Revocation>,
+    /// Sockets or map.
+    kind: LeaseKind,
+    /// The holder's start time, to tell it from a process reusing its pid.
+    start_time: Option<u64>,
+    /// A map lease's pin.
+    map_pin: Option<PathBuf>,
+    /// Restored from the state file: no connection, its holder is watched.
+    restored: bool,
 }
 
 #[derive(Default)]
@@ -158,6 +168,38 @@ pub struct Broker {
     limits: Limits,
     /// Open connections, counted against `limits`.
     connections: Arc<Connections>,
+    /// Where the state survives a restart (`--state-dir`, `--pin-dir`).
+    persist: Option<Persist>,
+}
+
+/// The state file and the bpffs directory where each attached program and
+/// its XSKMAP are pinned, so a restarted broker can reopen them.
+pub struct Persist {
+    /// The state file's directory.
+    pub state: StateDir,
+    /// A directory on a bpffs.
+    pub pins: PathBuf,
+}
+
+impl Persist {
+    fn prog_pin(&self, ifindex: u32, mode: AttachMode) -> PathBuf {
+        self.pins.join(format!("{ifindex}-{mode}-prog"))
+    }
+
+    fn map_pin(&self, ifindex: u32, mode: AttachMode) -> PathBuf {
+        self.pins.join(format!("{ifindex}-{mode}-map"))
+    }
+
+    /// Remove an interface's program and map pins.
+    fn unpin(&self, ifindex: u32, mode: AttachMode) {
+        for p in [self.prog_pin(ifindex, mode), self.map_pin(ifindex, mode)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!("cannot remove the pin {}: {e}", p.display()),
+            }
+        }
+    }
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
@@ -246,6 +288,11 @@ impl Broker {
                 if let Some(rec) = inner.leases.remove(&id) {
                     let mut queues: Vec<u32> = rec.sockets.iter().map(|(q, _)| *q).collect();
                     queues.extend(&rec.map_queues);
+                    if rec.restored {
+                        // No connection thread will release it: its pin
+                        // goes now.
+                        remove_pin(rec.map_pin.as_deref());
+                    }
                     rec.revocation.revoke(format!(
                         "interface {} (ifindex {ifindex}) disappeared from the broker's network \
                          namespace; the lease on queues {queues:?} has ended",
@@ -256,8 +303,12 @@ impl Broker {
             }
             // The program went with the device; close the broker's handles
             // without trying to detach.
+            if let Some(p) = &self.persist {
+                p.unpin(ifindex, iface.program.mode());
+            }
             drop(iface);
         }
+        let _ = self.save(&inner);
         ended
     }
 
@@ -325,7 +376,7 @@ impl Broker {
         let (iface, newly_attached) = match inner.interfaces.entry(ifindex) {
             Entry::Occupied(e) => (e.into_mut(), false),
             Entry::Vacant(e) => {
-                let program = attach(req, ifindex, counts.max)?;
+                let program = attach(req, ifindex, counts.max, self.persist.as_ref())?;
                 info!(
                     ifname = %req.ifname, ifindex, mode = %program.mode(),
                     program_id = program.attached_id(), "attached the XSK program"
@@ -372,8 +423,16 @@ impl Broker {
                         sockets: sockets.clone(),
                         map_queues: Vec::new(),
                         revocation: Arc::clone(&revocation),
+                        kind: LeaseKind::Sockets,
+                        start_time: persist::start_time(peer.pid),
+                        map_pin: None,
+                        restored: false,
                     },
                 );
+                if let Err(e) = self.save(&inner) {
+                    self.undo_grant(&mut inner, id);
+                    return Err(not_recorded(e));
+                }
                 let lease = Lease {
                     id,
                     ifname: req.ifname.clone(),
@@ -386,7 +445,7 @@ impl Broker {
             }
             Err(e) => {
                 if newly_attached {
-                    detach_if_unused(&mut inner, ifindex);
+                    detach_if_unused(&mut inner, ifindex, self.persist.as_ref());
                 }
                 Err(e)
             }
@@ -421,8 +480,9 @@ impl Broker {
             .map(|(k, _)| *k)
             .collect();
         for ifindex in unused {
-            detach_if_unused(&mut inner, ifindex);
+            detach_if_unused(&mut inner, ifindex, self.persist.as_ref());
         }
+        let _ = self.save(&inner);
     }
 
     /// Every lease, oldest first, with each socket's kernel statistics read
@@ -475,9 +535,12 @@ impl Broker {
 
     /// A broker that pins maps under `dir` (a directory it owns on a bpffs)
     /// when a client asks for a pin.
-    pub fn with_bpffs_dir(dir: Option<PathBuf>) -> Broker {
+    /// With `persist`, every attached program and its XSKMAP are pinned and
+    /// the state file is rewritten after every grant and release.
+    pub fn new(dir: Option<PathBuf>, persist: Option<Persist>) -> Broker {
         Broker {
             bpffs_dir: dir,
+            persist,
             ..Broker::default()
         }
     }
@@ -514,7 +577,7 @@ impl Broker {
         inner.next_lease += 1;
         let newly_attached = !inner.interfaces.contains_key(&ifindex);
         if newly_attached {
-            let program = attach(&req, ifindex, counts.max)?;
+            let program = attach(&req, ifindex, counts.max, self.persist.as_ref())?;
             info!(
                 ifname = %req.ifname, ifindex, mode = %program.mode(),
                 program_id = program.attached_id(), "attached the XSK program"
@@ -549,7 +612,7 @@ impl Broker {
             Ok(g) => g,
             Err(e) => {
                 if newly_attached {
-                    detach_if_unused(&mut inner, ifindex);
+                    detach_if_unused(&mut inner, ifindex, self.persist.as_ref());
                 }
                 return Err(e);
             }
@@ -578,8 +641,16 @@ impl Broker {
                 sockets: Vec::new(),
                 map_queues: queues.clone(),
                 revocation: Arc::clone(&revocation),
+                kind: LeaseKind::Map,
+                start_time: persist::start_time(peer.pid),
+                map_pin: pin.clone(),
+                restored: false,
             },
         );
+        if let Err(e) = self.save(&inner) {
+            self.undo_grant(&mut inner, id);
+            return Err(not_recorded(e));
+        }
         let lease = Lease {
             id,
             ifname: req.ifname.clone(),
@@ -716,7 +787,12 @@ fn check_mode(req: &OpenRequest, have: AttachMode) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-fn attach(req: &OpenRequest, ifindex: u32, map_entries: u32) -> Result<XskProgram, ErrorReply> {
+fn attach(
+    req: &OpenRequest,
+    ifindex: u32,
+    map_entries: u32,
+    persist: Option<&Persist>,
+) -> Result<XskProgram, ErrorReply> {
     if let Some((mode, id)) = xdp::any_attached_prog(ifindex) {
         return Err(err(
             ErrorCode::QueueBusy,
@@ -740,7 +816,32 @@ fn attach(req: &OpenRequest, ifindex: u32, map_entries: u32) -> Result<XskProgra
             continue;
         }
         match XskProgram::attach(&req.ifname, ifindex, mode, map_entries) {
-            Ok(p) => return Ok(p),
+            Ok(p) => {
+                let Some(persist) = persist else {
+                    return Ok(p);
+                };
+                let (prog_pin, map_pin) = (
+                    persist.prog_pin(ifindex, mode),
+                    persist.map_pin(ifindex, mode),
+                );
+                return match p.pin_to(&prog_pin, &map_pin) {
+                    Ok(()) => Ok(p),
+                    Err(e) => {
+                        if let Err(d) = p.detach() {
+                            warn!("{d}");
+                        }
+                        Err(err(
+                            ErrorCode::Internal,
+                            format!(
+                                "cannot pin the XSK program of {} as {} (needed to find it \
+                                 again after a broker restart): {e}",
+                                req.ifname,
+                                prog_pin.display()
+                            ),
+                        ))
+                    }
+                };
+            }
             Err(e) => {
                 warn!("{mode} mode: {e}");
                 failures.push(format!("{mode} mode: {}", e.source));
@@ -786,7 +887,7 @@ fn create_sockets(iface: &Interface, req: &OpenRequest) -> Result<Vec<(u32, Owne
     }
 }
 
-fn detach_if_unused(inner: &mut Inner, ifindex: u32) {
+fn detach_if_unused(inner: &mut Inner, ifindex: u32, persist: Option<&Persist>) {
     if inner
         .interfaces
         .get(&ifindex)
@@ -797,9 +898,355 @@ fn detach_if_unused(inner: &mut Inner, ifindex: u32) {
             .remove(&ifindex)
             .expect("entry checked just above");
         let name = iface.name;
+        if let Some(p) = persist {
+            p.unpin(ifindex, iface.program.mode());
+        }
         match iface.program.detach() {
             Ok(()) => info!(ifname = %name, ifindex, "detached the XSK program (no lease uses it)"),
             Err(e) => warn!("{e}; the program may still be attached"),
+        }
+    }
+}
+
+/// Whether the process recorded as a lease's holder still runs: an fd that
+/// becomes readable when it exits, or None if it is gone (or its pid now
+/// names another process).
+fn holder_pidfd(pid: i32, start_time: Option<u64>) -> Option<OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    let fd = xdp::pidfd_open(pid).ok()?;
+    // Checked after opening: the pidfd then refers to the process checked.
+    // Where /proc hides other users' processes (systemd ProtectProc=invisible)
+    // the start time cannot be read: the pid alone is trusted then, which
+    // errs on the side of keeping the queues reserved.
+    match (start_time, persist::start_time(pid)) {
+        (Some(want), Some(have)) => (want == have).then_some(fd),
+        _ => Some(fd),
+    }
+}
+
+impl Broker {
+    /// Write the state file (if persisting). A failure is logged and
+    /// returned: a grant that cannot be recorded is undone (a restart would
+    /// not know it); after a release the stale entry is harmless (its holder
+    /// is checked at start).
+    fn save(&self, inner: &Inner) -> Result<(), persist::StateError> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        let state = StateFile {
+            version: persist::STATE_VERSION,
+            interfaces: inner
+                .interfaces
+                .iter()
+                .map(|(ifindex, i)| InterfaceState {
+                    ifindex: *ifindex,
+                    ifname: i.name.clone(),
+                    mode: i.program.mode(),
+                    program_id: i.program.attached_id(),
+                    prog_pin: p.prog_pin(*ifindex, i.program.mode()),
+                    map_pin: p.map_pin(*ifindex, i.program.mode()),
+                })
+                .collect(),
+            leases: inner
+                .leases
+                .iter()
+                .map(|(id, r)| LeaseState {
+                    id: *id,
+                    kind: r.kind,
+                    ifindex: r.ifindex,
+                    ifname: r.ifname.clone(),
+                    queues: r
+                        .sockets
+                        .iter()
+                        .map(|(q, _)| *q)
+                        .chain(r.map_queues.iter().copied())
+                        .collect(),
+                    pid: r.peer.pid,
+                    start_time: r.start_time,
+                    uid: r.peer.uid,
+                    gid: r.peer.gid,
+                    map_pin: r.map_pin.clone(),
+                })
+                .collect(),
+        };
+        p.state.save(&state).inspect_err(|e| {
+            warn!("cannot save the broker state: {e}");
+        })
+    }
+
+    /// Take back a grant just made under this lock (its state could not be
+    /// saved): queues, map entries, map pin, and the program if unused.
+    fn undo_grant(&self, inner: &mut Inner, id: LeaseId) {
+        let Some(rec) = inner.leases.remove(&id) else {
+            return;
+        };
+        if let Some(iface) = inner.interfaces.get_mut(&rec.ifindex) {
+            let held: Vec<u32> = iface
+                .queues
+                .iter()
+                .filter(|(_, (holder, _))| *holder == id)
+                .map(|(q, _)| *q)
+                .collect();
+            for q in held {
+                iface.queues.remove(&q);
+                if let Err(e) = iface.program.remove(q) {
+                    warn!("{e}");
+                }
+            }
+        }
+        remove_pin(rec.map_pin.as_deref());
+        detach_if_unused(inner, rec.ifindex, self.persist.as_ref());
+    }
+
+    /// At start, take over from an earlier run of the broker: reopen the
+    /// programs it attached (from their pins), keep the queues of leases whose
+    /// holder still runs (released when it exits, watched with a pidfd),
+    /// release those of holders that died meanwhile, detach programs no lease
+    /// uses any more and remove stale pins. Returns (leases kept, leases
+    /// released). An unreadable or invalid state file is an error.
+    pub fn restore(self: &Arc<Self>) -> Result<(usize, usize), persist::StateError> {
+        let Some(p) = &self.persist else {
+            return Ok((0, 0));
+        };
+        let state = p.state.load()?.unwrap_or_default();
+        let mut inner = self.lock();
+        let mut keep_pins: Vec<PathBuf> = Vec::new();
+        for is in &state.interfaces {
+            let same_name = nix::net::if_::if_indextoname(is.ifindex)
+                .ok()
+                .is_some_and(|n| n.to_string_lossy() == is.ifname);
+            let reopened = if same_name {
+                XskProgram::reopen(&is.ifname, is.ifindex, is.mode, &is.prog_pin, &is.map_pin)
+                    .map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "interface {} (index {}) is gone",
+                    is.ifname, is.ifindex
+                ))
+            };
+            match reopened {
+                Ok(program) => {
+                    info!(
+                        ifname = %is.ifname, ifindex = is.ifindex, mode = %is.mode,
+                        program_id = program.attached_id(),
+                        "reopened the XSK program attached by an earlier run"
+                    );
+                    keep_pins.extend([is.prog_pin.clone(), is.map_pin.clone()]);
+                    inner.interfaces.insert(
+                        is.ifindex,
+                        Interface {
+                            name: is.ifname.clone(),
+                            program,
+                            queues: BTreeMap::new(),
+                        },
+                    );
+                }
+                Err(e) => warn!(
+                    "forgetting {} from the state file, and its leases: {e}",
+                    is.ifname
+                ),
+            }
+        }
+        let (mut kept, mut released) = (0, 0);
+        let mut watch = Vec::new();
+        for l in &state.leases {
+            inner.next_lease = inner.next_lease.max(l.id + 1);
+            let peer = Peer {
+                pid: l.pid,
+                uid: l.uid,
+                gid: l.gid,
+            };
+            let Some(iface) = inner.interfaces.get_mut(&l.ifindex) else {
+                remove_pin(l.map_pin.as_deref());
+                info!(
+                    event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
+                    ifname = %l.ifname, queues = ?l.queues,
+                    "released: its interface or program is gone"
+                );
+                crate::metrics::COUNTERS.release();
+                released += 1;
+                continue;
+            };
+            let busy = l.queues.iter().any(|q| iface.queues.contains_key(q));
+            match holder_pidfd(l.pid, l.start_time).filter(|_| !busy) {
+                Some(pidfd) => {
+                    for q in &l.queues {
+                        iface.queues.insert(*q, (l.id, peer));
+                    }
+                    inner.leases.insert(
+                        l.id,
+                        LeaseRecord {
+                            ifname: l.ifname.clone(),
+                            ifindex: l.ifindex,
+                            peer,
+                            granted: Instant::now(),
+                            sockets: Vec::new(),
+                            map_queues: l.queues.clone(),
+                            kind: l.kind,
+                            start_time: l.start_time,
+                            map_pin: l.map_pin.clone(),
+                            restored: true,
+                            revocation: Arc::new(Revocation::default()),
+                        },
+                    );
+                    info!(
+                        event = "restore", pid = l.pid, uid = l.uid, gid = l.gid,
+                        ifname = %l.ifname, queues = ?l.queues,
+                        "kept a lease of an earlier run: its holder still runs"
+                    );
+                    kept += 1;
+                    watch.push((l.id, pidfd));
+                }
+                None => {
+                    for q in &l.queues {
+                        if let Err(e) = iface.program.remove(*q) {
+                            warn!("{e}");
+                        }
+                    }
+                    remove_pin(l.map_pin.as_deref());
+                    info!(
+                        event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
+                        ifname = %l.ifname, queues = ?l.queues,
+                        "released: the holder exited while the broker was down"
+                    );
+                    crate::metrics::COUNTERS.release();
+                    released += 1;
+                }
+            }
+        }
+        let unused: Vec<u32> = inner
+            .interfaces
+            .iter()
+            .filter(|(_, i)| i.queues.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for ifindex in unused {
+            detach_if_unused(&mut inner, ifindex, Some(p));
+        }
+        remove_stale_pins(p, &keep_pins);
+        let _ = self.save(&inner);
+        drop(inner);
+        for (id, pidfd) in watch {
+            let broker = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("xsk-holder".into())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut fds = [nix::poll::PollFd::new(
+                        pidfd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    while let Err(nix::errno::Errno::EINTR) =
+                        nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE)
+                    {
+                    }
+                    // Closed before the release is saved: once the state
+                    // shows the lease gone, nothing of it is left open.
+                    let _ = fds;
+                    drop(pidfd);
+                    broker.release_restored(id);
+                });
+            if let Err(e) = spawned {
+                warn!("cannot watch the holder of lease {id}: {e}; its queues stay reserved");
+            }
+        }
+        Ok((kept, released))
+    }
+
+    /// End a lease restored at start whose holder has exited.
+    fn release_restored(&self, id: LeaseId) {
+        let mut inner = self.lock();
+        let Some(rec) = inner.leases.remove(&id) else {
+            return;
+        };
+        if let Some(iface) = inner.interfaces.get_mut(&rec.ifindex) {
+            for q in &rec.map_queues {
+                if iface.queues.get(q).map(|(i, _)| *i) == Some(id) {
+                    iface.queues.remove(q);
+                    if let Err(e) = iface.program.remove(*q) {
+                        warn!("{e}");
+                    }
+                }
+            }
+        }
+        remove_pin(rec.map_pin.as_deref());
+        let p = rec.peer;
+        info!(
+            event = "release", pid = p.pid, uid = p.uid, gid = p.gid,
+            ifname = %rec.ifname, queues = ?rec.map_queues,
+            "released: the holder of a lease kept across a restart exited"
+        );
+        crate::metrics::COUNTERS.release();
+        detach_if_unused(&mut inner, rec.ifindex, self.persist.as_ref());
+        let _ = self.save(&inner);
+    }
+}
+
+/// The refusal of a grant whose state could not be written.
+fn not_recorded(e: persist::StateError) -> ErrorReply {
+    err(
+        ErrorCode::Internal,
+        format!(
+            "the broker could not record the lease in its state file, so it was not granted \
+             (a restart would forget it): {e}"
+        ),
+    )
+}
+
+fn remove_pin(pin: Option<&Path>) {
+    if let Some(pin) = pin {
+        match std::fs::remove_file(pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove the map pin {}: {e}", pin.display()),
+        }
+    }
+}
+
+/// Remove pins in the pin directory that no kept interface uses. A program
+/// pinned there but missing from the state (the broker died between attaching
+/// and saving) is detached first if it is still attached: the pin proves it
+/// is the broker's.
+fn remove_stale_pins(p: &Persist, keep: &[PathBuf]) {
+    let Ok(dir) = std::fs::read_dir(&p.pins) else {
+        return;
+    };
+    let mut stale: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|path| !keep.contains(path))
+        .collect();
+    stale.sort();
+    for path in &stale {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut parts = name.splitn(3, '-');
+        if let (Some(ifindex), Some(mode), Some("prog")) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            let mode = match mode {
+                "native" => Some(AttachMode::Native),
+                "skb" => Some(AttachMode::Skb),
+                _ => None,
+            };
+            if let (Ok(ifindex), Some(mode)) = (ifindex.parse::<u32>(), mode) {
+                let map = p.map_pin(ifindex, mode);
+                if let Ok(prog) = XskProgram::reopen(&name, ifindex, mode, path, &map) {
+                    match prog.detach() {
+                        Ok(()) => info!(ifindex, "detached an XSK program no lease uses"),
+                        Err(e) => warn!("{e}"),
+                    }
+                }
+            }
+        }
+    }
+    for path in stale {
+        match std::fs::remove_file(&path) {
+            Ok(()) => info!(pin = %path.display(), "removed a stale pin"),
+            Err(e) => warn!("cannot remove the stale pin {}: {e}", path.display()),
         }
     }
 }

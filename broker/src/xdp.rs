@@ -6,7 +6,7 @@
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use libxdp_sys as sys;
@@ -54,22 +54,30 @@ impl XdpError {
 
 /// libxdp's default XSK program, loaded and attached to one interface.
 ///
-/// Dropping it closes libxdp's handle but leaves the program attached; call
+/// It owns its own duplicates of the program and XSKMAP fds (libxdp's handle
+/// is closed right after attaching), so a program can also be reopened from
+/// its pins after a broker restart ([`XskProgram::reopen`]). Dropping it
+/// closes the fds but leaves the program attached; call
 /// [`XskProgram::detach`] to remove it from the interface.
 pub struct XskProgram {
-    prog: NonNull<sys::xdp_program>,
     ifindex: u32,
     ifname: String,
     mode: AttachMode,
-    /// Program fd, owned by the bpf_object inside `prog`.
-    prog_fd: c_int,
-    /// XSKMAP fd, owned by the bpf_object inside `prog`.
-    map_fd: c_int,
+    prog_fd: OwnedFd,
+    map_fd: OwnedFd,
 }
 
-// SAFETY: an xdp_program handle is only ever used under the broker's state
-// lock; libxdp keeps no thread-local state tied to it.
-unsafe impl Send for XskProgram {}
+/// Duplicate `fd` (close-on-exec) into an fd we own.
+fn dup_owned(fd: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: fd is open for the duration of the call; F_DUPFD_CLOEXEC makes
+    // a new fd that nothing else owns.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is fresh and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
 
 impl XskProgram {
     /// Load the default XSK program with an XSKMAP of `map_entries` entries and
@@ -101,8 +109,9 @@ impl XskProgram {
                 ))
             }
         };
-        // From here on, `guard` closes the handle on every error path.
-        let guard = ProgGuard(prog);
+        // `guard` closes libxdp's handle (and the object's own fds) on every
+        // path; we keep duplicates.
+        let _guard = ProgGuard(prog);
         // SAFETY: prog is a valid, not yet loaded program; the map pointer is
         // checked for NULL before use.
         let rc = unsafe {
@@ -154,21 +163,83 @@ impl XskProgram {
         if map_fd < 0 {
             return Err(XdpError::new("find the XSKMAP", ifname, map_fd));
         }
+        let dup = |fd| {
+            dup_owned(fd).map_err(|e| XdpError {
+                op: "duplicate a BPF fd",
+                ifname: ifname.to_owned(),
+                source: e,
+            })
+        };
+        let (prog_fd, map_fd) = (dup(prog_fd)?, dup(map_fd)?);
         let flags = XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flags(mode);
         // SAFETY: plain netlink attach of a valid program fd; NULL opts allowed.
-        let rc = unsafe { sys::bpf_xdp_attach(ifindex as c_int, prog_fd, flags, std::ptr::null()) };
+        let rc = unsafe {
+            sys::bpf_xdp_attach(
+                ifindex as c_int,
+                prog_fd.as_raw_fd(),
+                flags,
+                std::ptr::null(),
+            )
+        };
         if rc != 0 {
             return Err(XdpError::new("attach the XDP program", ifname, rc));
         }
-        std::mem::forget(guard);
         Ok(XskProgram {
-            prog,
             ifindex,
             ifname: ifname.to_owned(),
             mode,
             prog_fd,
             map_fd,
         })
+    }
+
+    /// Reopen a program this broker (or an earlier run of it) attached and
+    /// pinned with [`XskProgram::pin_to`]: `BPF_OBJ_GET` on both pins (no
+    /// CAP_SYS_ADMIN needed). Fails unless that very program is still attached
+    /// to `ifindex` in `mode`.
+    pub fn reopen(
+        ifname: &str,
+        ifindex: u32,
+        mode: AttachMode,
+        prog_pin: &std::path::Path,
+        map_pin: &std::path::Path,
+    ) -> Result<Self, XdpError> {
+        let wrap = |op: &'static str| {
+            let ifname = ifname.to_owned();
+            move |source: io::Error| XdpError { op, ifname, source }
+        };
+        let prog_fd = obj_get(prog_pin).map_err(wrap("open the pinned XSK program"))?;
+        let map_fd = obj_get(map_pin).map_err(wrap("open the pinned XSKMAP"))?;
+        let id = prog_id(prog_fd.as_fd()).map_err(wrap("read the pinned program's id"))?;
+        if attached_prog_id(ifindex, mode) != Some(id) {
+            return Err(XdpError {
+                op: "check the pinned program is still attached",
+                ifname: ifname.to_owned(),
+                source: io::Error::other(format!(
+                    "program id {id} is not attached in {mode} mode any more"
+                )),
+            });
+        }
+        Ok(XskProgram {
+            ifindex,
+            ifname: ifname.to_owned(),
+            mode,
+            prog_fd,
+            map_fd,
+        })
+    }
+
+    /// Pin the program as `prog_pin` and its XSKMAP as `map_pin` (replacing
+    /// stale pins of those names). On failure neither pin is left.
+    pub fn pin_to(&self, prog_pin: &std::path::Path, map_pin: &std::path::Path) -> io::Result<()> {
+        let _ = std::fs::remove_file(prog_pin);
+        let _ = std::fs::remove_file(map_pin);
+        pin(self.prog_fd.as_fd(), prog_pin)?;
+        if let Err(e) = pin(self.map_fd.as_fd(), map_pin) {
+            let _ = std::fs::remove_file(prog_pin);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The mode the program is attached in.
@@ -189,7 +260,7 @@ impl XskProgram {
         // map's key_size and value_size.
         let rc = unsafe {
             sys::bpf_map_update_elem(
-                self.map_fd,
+                self.map_fd.as_raw_fd(),
                 &queue_id as *const u32 as *const _,
                 &value as *const c_int as *const _,
                 sys::BPF_ANY as u64,
@@ -208,21 +279,15 @@ impl XskProgram {
     /// A close-on-exec duplicate of the XSKMAP fd, to hand to a client (the
     /// map-path flow).
     pub fn map_fd_dup(&self) -> io::Result<OwnedFd> {
-        // SAFETY: map_fd is open for as long as `self` lives; F_DUPFD_CLOEXEC
-        // makes a new fd that nothing else owns.
-        let fd = unsafe { libc::fcntl(self.map_fd, libc::F_DUPFD_CLOEXEC, 3) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is fresh and ours.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        self.map_fd.try_clone()
     }
 
     /// Clear `queue_id`'s XSKMAP entry. A missing entry is not an error.
     pub fn remove(&self, queue_id: u32) -> Result<(), XdpError> {
         // SAFETY: key points to a live 4-byte integer.
-        let rc =
-            unsafe { sys::bpf_map_delete_elem(self.map_fd, &queue_id as *const u32 as *const _) };
+        let rc = unsafe {
+            sys::bpf_map_delete_elem(self.map_fd.as_raw_fd(), &queue_id as *const u32 as *const _)
+        };
         if rc != 0 && rc != -libc::ENOENT {
             return Err(XdpError::new("remove an XSKMAP entry", &self.ifname, rc));
         }
@@ -235,7 +300,7 @@ impl XskProgram {
     pub fn detach(self) -> Result<(), XdpError> {
         let opts = XdpAttachOpts {
             sz: std::mem::size_of::<XdpAttachOpts>(),
-            old_prog_fd: self.prog_fd,
+            old_prog_fd: self.prog_fd.as_raw_fd(),
             pad: 0,
         };
         let flags = XDP_FLAGS_REPLACE | mode_flags(self.mode);
@@ -256,11 +321,43 @@ impl XskProgram {
     }
 }
 
-impl Drop for XskProgram {
-    fn drop(&mut self) {
-        // SAFETY: we own the handle; it is not used after this.
-        unsafe { sys::xdp_program__close(self.prog.as_ptr()) }
+/// Open a pinned BPF object (`BPF_OBJ_GET`).
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let fd = unsafe { sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
     }
+    // SAFETY: the fd is fresh and ours (libbpf opens it O_CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The kernel id of the BPF program `fd`.
+pub fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: bpf_prog_info is plain old data; all-zero is a valid value.
+    let mut info: sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<sys::bpf_prog_info>() as u32;
+    // SAFETY: `info` is writable for `len` bytes; all its pointer fields are
+    // zero, so the kernel writes nothing else.
+    let rc = unsafe { sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    Ok(info.id)
+}
+
+/// `pidfd_open(2)`: an fd that becomes readable when process `pid` exits.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is fresh and ours (pidfds are close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as c_int) })
 }
 
 /// `struct bpf_xdp_attach_opts` with its tail padding as a named field, so it

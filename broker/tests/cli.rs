@@ -290,3 +290,17 @@ fn readme_covers_every_option_of_the_help() {
         }
     }
 }
+
+/// The state directory and the pin directory go together.
+#[test]
+fn state_dir_and_pin_dir_need_each_other() {
+    for (given, missing) in [("--state-dir", "--pin-dir"), ("--pin-dir", "--state-dir")] {
+        let out = brokerd()
+            .args(["--socket", "/tmp/unused.sock", given, "/tmp/unused-dir"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(missing), "{given} without {missing}: {err}");
+    }
+}

@@ -499,11 +499,15 @@ fn bad_input_gets_clear_errors_and_nothing_leaks() {
     expect_error(r.answer(), ErrorCode::BadRequest, "exceeds the limit");
     assert!(matches!(r.0.recv(), Err(TransportError::Closed)));
 
-    // The broker keeps serving everyone else.
-    let holder = BrokerClient::connect(env.broker.socket_path())
-        .unwrap()
-        .open(OpenRequest::new(env.tb.xsk_if.clone(), 1))
-        .unwrap();
+    // The broker keeps serving everyone else. (Queue 0 is free once the
+    // broker has seen the first connection above close: it releases
+    // asynchronously, so wait for that.)
+    let holder = wait_until("queue 0 released", Duration::from_secs(5), || {
+        BrokerClient::connect(env.broker.socket_path())
+            .unwrap()
+            .open(OpenRequest::new(env.tb.xsk_if.clone(), 1))
+            .ok()
+    });
 
     // 1,000 open/close cycles on queue 1 while queue 0 is held.
     let settle = |target: usize| {
