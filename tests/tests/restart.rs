@@ -102,7 +102,27 @@ impl Env {
             pins.to_str().unwrap(),
         ];
         args.extend(self.extra.iter().map(String::as_str));
+        const RESTORED: &str = "restored the state of an earlier run";
+        let log = self.dir.path().join("xsk-brokerd.log");
+        let restored = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches(RESTORED)
+                .count()
+        };
+        let before = restored();
         let broker = BrokerProcess::spawn_with_args(&self.tb.xsk, self.dir.path(), &args)?;
+        // The socket accepts connections (queued) before the broker has
+        // taken over the earlier run's state; wait for that.
+        let deadline = Instant::now() + READY;
+        while restored() == before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the broker did not log {RESTORED:?}; log:\n{}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.broker = Some(broker);
         Ok(())
     }
