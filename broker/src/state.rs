@@ -323,52 +323,12 @@ impl Broker {
     /// behind (no socket, map entry or program of this request).
     pub fn open(&self, req: &OpenRequest, peer: Peer) -> Result<(Lease, Opened), ErrorReply> {
         req.validate()?;
-        let ifindex = nix::net::if_::if_nametoindex(req.ifname.as_str()).map_err(|e| {
-            err(
-                ErrorCode::NoSuchInterface,
-                format!(
-                    "interface {:?} not found in the broker's network namespace ({e}); \
-                     check the name with `ip link`",
-                    req.ifname
-                ),
-            )
-        })?;
-        let counts = xdp::queue_counts(&req.ifname).map_err(|e| {
-            err(
-                ErrorCode::Internal,
-                format!("cannot read the queue count of {}: {e}", req.ifname),
-            )
-        })?;
-        let last = req.start_queue + req.queues - 1;
-        if last >= counts.current {
-            return Err(err(
-                ErrorCode::QueueOutOfRange,
-                format!(
-                    "{} has {} rx queue(s) (ids 0..={}); queues {}..={} were asked for",
-                    req.ifname,
-                    counts.current,
-                    counts.current - 1,
-                    req.start_queue,
-                    last
-                ),
-            ));
-        }
+        let (ifindex, counts) = check_queues(req)?;
 
         let mut inner = self.lock();
         self.check_lease_limits(&inner, req.queues, peer)?;
         if let Some(iface) = inner.interfaces.get(&ifindex) {
-            for q in req.queue_ids() {
-                if let Some((_, holder)) = iface.queues.get(&q) {
-                    return Err(err(
-                        ErrorCode::QueueBusy,
-                        format!(
-                            "queue {q} of {} is leased by pid {} (uid {}); \
-                             ask for other queues or wait for its release",
-                            req.ifname, holder.pid, holder.uid
-                        ),
-                    ));
-                }
-            }
+            check_free(iface, req)?;
             check_mode(req, iface.program.mode())?;
         }
         let id = inner.next_lease;
@@ -671,7 +631,7 @@ impl Broker {
 }
 
 /// The interface's index and queue counts, with the asked-for queues checked
-/// against the device (as [`Broker::open`] does).
+/// against the device.
 fn check_queues(req: &OpenRequest) -> Result<(u32, xdp::QueueCounts), ErrorReply> {
     let ifindex = nix::net::if_::if_nametoindex(req.ifname.as_str()).map_err(|e| {
         err(

@@ -189,23 +189,9 @@ impl SocketConfig {
     }
 }
 
-/// The kernel's per-socket counters (`getsockopt(XDP_STATISTICS)`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct XdpStatistics {
-    /// Frames dropped for reasons other than invalid descriptors (e.g. no
-    /// fill-ring frame available, frame too long for a umem chunk).
-    pub rx_dropped: u64,
-    /// Invalid descriptors on the fill ring.
-    pub rx_invalid_descs: u64,
-    /// Invalid descriptors on the tx ring.
-    pub tx_invalid_descs: u64,
-    /// Frames dropped because the rx ring was full.
-    pub rx_ring_full: u64,
-    /// Times the kernel found the fill ring empty.
-    pub rx_fill_ring_empty_descs: u64,
-    /// Times the kernel found the tx ring empty.
-    pub tx_ring_empty_descs: u64,
-}
+/// The kernel's per-socket counters (`getsockopt(XDP_STATISTICS)`): the
+/// protocol's type, so a client's reading and the broker's status agree.
+pub use xsk_broker_protocol::XdpStatistics;
 
 /// This process's own datapath counters (no syscall to read).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,3 +62,72 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A raw protocol peer of the broker, for what the client library would never
+/// send: hand-made bodies, frames cut short, fds the broker must refuse.
+pub struct RawPeer(pub xsk_broker_protocol::Channel);
+
+impl RawPeer {
+    /// Connect (10 s read timeout) without saying hello.
+    pub fn connect(socket: &std::path::Path) -> RawPeer {
+        let s = std::os::unix::net::UnixStream::connect(socket).expect("connecting to the broker");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("setting a read timeout");
+        RawPeer(xsk_broker_protocol::Channel::new(s))
+    }
+
+    /// Connect and complete the version handshake.
+    pub fn hello(socket: &std::path::Path) -> RawPeer {
+        use xsk_broker_protocol::{Hello, Request, Response, PROTOCOL_VERSION};
+        let r = RawPeer::connect(socket);
+        let resp = r.call(&Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+        }));
+        assert!(matches!(resp, Response::Hello(_)), "{resp:?}");
+        r
+    }
+
+    /// Send a request and read the answer.
+    pub fn call(&self, req: &xsk_broker_protocol::Request) -> xsk_broker_protocol::Response {
+        self.0.send(req, &[]).expect("sending a request");
+        self.answer()
+    }
+
+    /// Send `body` as it is (declaring no fds) and read the answer.
+    pub fn raw(&self, body: &[u8]) -> xsk_broker_protocol::Response {
+        self.0.send_raw(body, 0, &[]).expect("sending a raw body");
+        self.answer()
+    }
+
+    /// Read one answer.
+    pub fn answer(&self) -> xsk_broker_protocol::Response {
+        let got = self.0.recv().expect("reading the broker's answer");
+        xsk_broker_protocol::decode_response(&got.body).expect("decoding the broker's answer")
+    }
+
+    /// Write raw bytes to the stream (partial frames).
+    pub fn write(&self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self.0.stream(), bytes).expect("writing to the broker");
+    }
+}
+
+/// Assert `resp` is an error with `code` whose message contains `needle`;
+/// returns the message.
+pub fn expect_error(
+    resp: xsk_broker_protocol::Response,
+    code: xsk_broker_protocol::ErrorCode,
+    needle: &str,
+) -> String {
+    match resp {
+        xsk_broker_protocol::Response::Error(e) => {
+            assert_eq!(e.code, code, "{}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+            e.message
+        }
+        other => panic!("expected a {code} error, got {other:?}"),
+    }
+}

@@ -13,15 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_broker_protocol::{
-    decode_response, Channel, ErrorCode, FrameHeader, Hello, OpenRequest, Request, Response,
-    TransportError, PROTOCOL_VERSION,
+    ErrorCode, FrameHeader, Hello, OpenRequest, Request, Response, TransportError,
 };
 use xsk_client::BrokerClient;
 use xsk_testbed::{
-    build_udp_frame, cap_eff, frame_checksums_ok, nobody_ids, parse_udp_frame, proc_status_uid,
-    require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip, wait_until,
-    workspace_bin, BrokerBed, BrokerProcess, Capture, ClientProcess, TempDir, Testbed,
-    DEFAULT_DST_PORT, TEST_FRAMES,
+    build_udp_frame, cap_eff, expect_error, frame_checksums_ok, nobody_ids, parse_udp_frame,
+    proc_status_uid, require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip,
+    wait_until, workspace_bin, BrokerBed, BrokerProcess, Capture, ClientProcess, RawPeer as Raw,
+    TempDir, Testbed, DEFAULT_DST_PORT, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
@@ -356,55 +355,6 @@ fn sigkill_frees_queues_and_last_lease_detaches() {
     assert!(log.contains("detached the XSK program"), "{log}");
 }
 
-/// A raw protocol peer, for what the library would never send.
-struct Raw(Channel);
-
-impl Raw {
-    fn connect(env: &BrokerBed) -> Raw {
-        let s = UnixStream::connect(env.broker.socket_path()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(Channel::new(s))
-    }
-
-    fn hello(env: &BrokerBed) -> Raw {
-        let r = Raw::connect(env);
-        let resp = r.call(&Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }));
-        assert!(matches!(resp, Response::Hello(_)), "{resp:?}");
-        r
-    }
-
-    fn call(&self, req: &Request) -> Response {
-        self.0.send(req, &[]).unwrap();
-        self.answer()
-    }
-
-    fn raw(&self, body: &[u8]) -> Response {
-        self.0.send_raw(body, 0, &[]).unwrap();
-        self.answer()
-    }
-
-    fn answer(&self) -> Response {
-        let got = self.0.recv().unwrap();
-        decode_response(&got.body).unwrap()
-    }
-}
-
-fn expect_error(resp: Response, code: ErrorCode, needle: &str) {
-    match resp {
-        Response::Error(e) => {
-            assert_eq!(e.code, code, "{}", e.message);
-            assert!(
-                e.message.contains(needle),
-                "{:?} lacks {needle:?}",
-                e.message
-            );
-        }
-        other => panic!("expected {code} error, got {other:?}"),
-    }
-}
-
 fn open_req(env: &BrokerBed, queues: u32, start: u32) -> Request {
     Request::Open(OpenRequest {
         start_queue: start,
@@ -419,7 +369,7 @@ fn bad_input_gets_clear_errors_and_nothing_leaks() {
     let Some(env) = BrokerBed::start("bad_input_gets_clear_errors_and_nothing_leaks", 2) else {
         return;
     };
-    let r = Raw::connect(&env);
+    let r = Raw::connect(env.broker.socket_path());
     expect_error(
         r.call(&open_req(&env, 1, 0)),
         ErrorCode::BadRequest,
@@ -430,7 +380,7 @@ fn bad_input_gets_clear_errors_and_nothing_leaks() {
         ErrorCode::UnsupportedVersion,
         "version 99",
     );
-    let r = Raw::hello(&env);
+    let r = Raw::hello(env.broker.socket_path());
     expect_error(
         r.raw(b"{\"op\": \"open\", "),
         ErrorCode::BadRequest,
@@ -490,7 +440,7 @@ fn bad_input_gets_clear_errors_and_nothing_leaks() {
     drop(r);
 
     // An oversize frame: an error, then the connection is closed.
-    let r = Raw::hello(&env);
+    let r = Raw::hello(env.broker.socket_path());
     let big = FrameHeader {
         len: 1 << 20,
         fds: 0,
@@ -639,7 +589,7 @@ fn silent_and_half_sent_clients_do_not_block_others() {
     let header = FrameHeader { len: 100, fds: 0 }.encode();
     std::io::Write::write_all(&mut half, &header).unwrap();
     std::io::Write::write_all(&mut half, br#"{"op":"hel"#).unwrap();
-    let holder = Raw::hello(&env);
+    let holder = Raw::hello(env.broker.socket_path());
     assert!(matches!(
         holder.call(&open_req(&env, 1, 0)),
         Response::Opened(_)

@@ -12,97 +12,15 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use xsk_broker_protocol::{
-    decode_response, Channel, ErrorCode, FrameHeader, Hello, OpenRequest, Request, Response,
-    StatusRequest, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_response, Channel, ErrorCode, FrameHeader, OpenRequest, Request, Response,
+    StatusRequest, TransportError, MAX_MESSAGE_LEN,
 };
 use xsk_client::BrokerClient;
-use xsk_testbed::{
-    require_root, serial_guard, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
-};
+use xsk_testbed::{expect_error, BrokerBed, ClientProcess, RawPeer as Raw, TEST_FRAMES};
 
 const READY: Duration = Duration::from_secs(15);
 
-/// A test bed with a broker started with `args`. Fields drop in order: the
-/// broker before the namespaces.
-struct Env {
-    broker: BrokerProcess,
-    tb: Testbed,
-    _dir: TempDir,
-    _lock: nix::fcntl::Flock<std::fs::File>,
-}
-
-fn setup(test: &str, queues: u32, args: &[&str]) -> Option<Env> {
-    if !require_root(test) {
-        return None;
-    }
-    let lock = serial_guard().expect("e2e lock");
-    let tb = Testbed::new(queues).expect("building the veth test bed");
-    let dir = TempDir::new("xsk-hostile").expect("temp dir");
-    let broker =
-        BrokerProcess::spawn_with_args(&tb.xsk, dir.path(), args).expect("starting xsk-brokerd");
-    Some(Env {
-        broker,
-        tb,
-        _dir: dir,
-        _lock: lock,
-    })
-}
-
-/// A raw protocol peer, for what the client library would never send.
-struct Raw(Channel);
-
-impl Raw {
-    fn connect(env: &Env) -> Raw {
-        let s = UnixStream::connect(env.broker.socket_path()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(Channel::new(s))
-    }
-
-    fn hello(env: &Env) -> Raw {
-        let r = Raw::connect(env);
-        let resp = r.call(&Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }));
-        assert!(matches!(resp, Response::Hello(_)), "{resp:?}");
-        r
-    }
-
-    fn call(&self, req: &Request) -> Response {
-        self.0.send(req, &[]).unwrap();
-        self.answer()
-    }
-
-    fn raw(&self, body: &[u8]) -> Response {
-        self.0.send_raw(body, 0, &[]).unwrap();
-        self.answer()
-    }
-
-    fn answer(&self) -> Response {
-        let got = self.0.recv().unwrap();
-        decode_response(&got.body).unwrap()
-    }
-
-    fn write(&self, bytes: &[u8]) {
-        (&mut self.0.stream()).write_all(bytes).unwrap();
-    }
-}
-
-fn expect_error(resp: Response, code: ErrorCode, needle: &str) -> String {
-    match resp {
-        Response::Error(e) => {
-            assert_eq!(e.code, code, "{}", e.message);
-            assert!(
-                e.message.contains(needle),
-                "{:?} lacks {needle:?}",
-                e.message
-            );
-            e.message
-        }
-        other => panic!("expected {code} error, got {other:?}"),
-    }
-}
-
-fn open_req(env: &Env, queues: u32, start: u32) -> Request {
+fn open_req(env: &BrokerBed, queues: u32, start: u32) -> Request {
     Request::Open(OpenRequest {
         start_queue: start,
         ..OpenRequest::new(env.tb.xsk_if.clone(), queues)
@@ -122,7 +40,7 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 /// Wait until the broker's open fd count is back to `baseline` (connection
 /// threads finish a moment after their peers go).
-fn settle_fds(env: &Env, baseline: usize) -> usize {
+fn settle_fds(env: &BrokerBed, baseline: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let n = env.broker.open_fd_count().unwrap();
@@ -162,7 +80,7 @@ fn error_then_eof(r: &Raw) -> String {
 /// silent.
 #[test]
 fn idle_and_stalled_connections_are_closed_but_lease_holders_are_not() {
-    let Some(env) = setup(
+    let Some(env) = BrokerBed::start_with_args(
         "idle_and_stalled_connections_are_closed_but_lease_holders_are_not",
         2,
         &["--idle-timeout", "1"],
@@ -170,22 +88,22 @@ fn idle_and_stalled_connections_are_closed_but_lease_holders_are_not() {
         return;
     };
     let baseline = env.broker.open_fd_count().unwrap();
-    let holder = Raw::hello(&env);
+    let holder = Raw::hello(env.broker.socket_path());
     assert!(matches!(
         holder.call(&open_req(&env, 1, 0)),
         Response::Opened(_)
     ));
 
     let started = Instant::now();
-    let silent = Raw::connect(&env);
-    let greeted = Raw::hello(&env); // said hello, then nothing
-    let half_header = Raw::connect(&env);
+    let silent = Raw::connect(env.broker.socket_path());
+    let greeted = Raw::hello(env.broker.socket_path()); // said hello, then nothing
+    let half_header = Raw::connect(env.broker.socket_path());
     half_header.write(&[40, 0]);
-    let half_body = Raw::connect(&env);
+    let half_body = Raw::connect(env.broker.socket_path());
     half_body.write(&FrameHeader { len: 100, fds: 0 }.encode());
     half_body.write(br#"{"op":"hel"#);
     // A slow loris: one byte every 300 ms, never finishing within 1 s.
-    let loris = Raw::connect(&env);
+    let loris = Raw::connect(env.broker.socket_path());
     let loris_stream = loris.0.stream().try_clone().unwrap();
     let trickle = std::thread::spawn(move || {
         let frame = [
@@ -263,7 +181,7 @@ fn raise_nofile(need: u64) {
 fn thousand_idle_connections_do_not_lock_out_a_good_client() {
     const IDLE: usize = 1000;
     raise_nofile(IDLE as u64 + 200);
-    let Some(env) = setup(
+    let Some(env) = BrokerBed::start_with_args(
         "thousand_idle_connections_do_not_lock_out_a_good_client",
         2,
         // Long enough that none of the flood times out during the test.
@@ -302,7 +220,7 @@ fn thousand_idle_connections_do_not_lock_out_a_good_client() {
 
     // One more of the same uid is refused at once, with the limit named.
     let started = Instant::now();
-    let over = Raw::connect(&env);
+    let over = Raw::connect(env.broker.socket_path());
     let msg = error_then_eof(&over);
     assert!(msg.contains("--max-connections-per-uid 1000"), "{msg}");
     let refused_in = started.elapsed();
@@ -350,23 +268,23 @@ fn thousand_idle_connections_do_not_lock_out_a_good_client() {
 /// `not_permitted` naming the limit and its value; freeing a lease makes room.
 #[test]
 fn lease_and_queue_limits_name_the_limit() {
-    let Some(env) = setup(
+    let Some(env) = BrokerBed::start_with_args(
         "lease_and_queue_limits_name_the_limit",
         4,
         &["--max-leases-per-uid", "2", "--max-queues-per-lease", "2"],
     ) else {
         return;
     };
-    let a = Raw::hello(&env);
+    let a = Raw::hello(env.broker.socket_path());
     expect_error(
         a.call(&open_req(&env, 3, 0)),
         ErrorCode::NotPermitted,
         "at most 2 queues per lease (--max-queues-per-lease 2)",
     );
     assert!(matches!(a.call(&open_req(&env, 2, 0)), Response::Opened(_)));
-    let b = Raw::hello(&env);
+    let b = Raw::hello(env.broker.socket_path());
     assert!(matches!(b.call(&open_req(&env, 1, 2)), Response::Opened(_)));
-    let c = Raw::hello(&env);
+    let c = Raw::hello(env.broker.socket_path());
     expect_error(
         c.call(&open_req(&env, 1, 3)),
         ErrorCode::NotPermitted,
@@ -430,11 +348,13 @@ fn send_with_fds(r: &Raw, body: &[u8], declared: u32, fds: &[std::os::fd::RawFd]
 /// serving and its fd count returns to where it was.
 #[test]
 fn hostile_frames_get_errors_and_leak_nothing() {
-    let Some(env) = setup("hostile_frames_get_errors_and_leak_nothing", 1, &[]) else {
+    let Some(env) =
+        BrokerBed::start_with_args("hostile_frames_get_errors_and_leak_nothing", 1, &[])
+    else {
         return;
     };
     let baseline = env.broker.open_fd_count().unwrap();
-    let r = Raw::hello(&env);
+    let r = Raw::hello(env.broker.socket_path());
 
     // A body of exactly 64 KiB is read and judged on its content.
     let pad = MAX_MESSAGE_LEN - br#"{"op":"status","x":""}"#.len();
@@ -532,7 +452,7 @@ fn hostile_frames_get_errors_and_leak_nothing() {
     ));
 
     // One byte over 64 KiB: refused from the header alone, then closed.
-    let r2 = Raw::hello(&env);
+    let r2 = Raw::hello(env.broker.socket_path());
     r2.write(
         &FrameHeader {
             len: MAX_MESSAGE_LEN as u32 + 1,
@@ -546,10 +466,10 @@ fn hostile_frames_get_errors_and_leak_nothing() {
         "{msg}"
     );
     // An empty body and a declared fd count past the limit, likewise.
-    let r3 = Raw::hello(&env);
+    let r3 = Raw::hello(env.broker.socket_path());
     r3.write(&FrameHeader { len: 0, fds: 0 }.encode());
     assert!(error_then_eof(&r3).contains("empty message body"));
-    let r4 = Raw::hello(&env);
+    let r4 = Raw::hello(env.broker.socket_path());
     r4.write(&FrameHeader { len: 2, fds: 65 }.encode());
     assert!(error_then_eof(&r4).contains("declares 65 fds, more than the limit of 64"));
 
@@ -576,7 +496,7 @@ fn hostile_frames_get_errors_and_leak_nothing() {
 /// a new lease on another interface works afterwards.
 #[test]
 fn vanished_interface_ends_its_leases_and_the_broker_keeps_serving() {
-    let Some(env) = setup(
+    let Some(env) = BrokerBed::start_with_args(
         "vanished_interface_ends_its_leases_and_the_broker_keeps_serving",
         2,
         &[],
@@ -677,7 +597,7 @@ fn vanished_interface_ends_its_leases_and_the_broker_keeps_serving() {
 
     // The broker kept serving: status shows no lease, and a new lease on
     // the other interface works.
-    let r = Raw::hello(&env);
+    let r = Raw::hello(env.broker.socket_path());
     match r.call(&Request::Status(StatusRequest {})) {
         Response::Status(s) => assert!(s.leases.is_empty(), "{s:?}"),
         other => panic!("{other:?}"),
