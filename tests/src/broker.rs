@@ -338,21 +338,10 @@ impl BrokerProcess {
     /// The broker's open file descriptors and what they point to (`readlink
     /// /proc/PID/fd/N`, e.g. `socket:[1234]`, `anon_inode:bpf-map`), for leak reports.
     pub fn open_fds(&self) -> Result<Vec<(u32, String)>> {
-        let dir = format!("/proc/{}/fd", self.pid());
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
-            let e = e.with_context(|| format!("listing {dir}"))?;
-            let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            // An fd may close between readdir and readlink.
-            let target = std::fs::read_link(e.path())
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "<closed>".to_owned());
-            out.push((n, target));
-        }
-        out.sort();
-        Ok(out)
+        Ok(crate::procfd::proc_fds(self.pid())?
+            .into_iter()
+            .map(|(fd, target)| (fd as u32, target))
+            .collect())
     }
 
     /// Whether the broker has exited (reaps it if so).

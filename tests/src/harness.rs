@@ -131,3 +131,29 @@ pub fn expect_error(
         other => panic!("expected a {code} error, got {other:?}"),
     }
 }
+
+/// A bpffs mounted for one test (e.g. for the broker's `--bpffs-dir` or
+/// `--pin-dir`; `ip netns exec` gives a /sys without one), unmounted on drop.
+pub struct BpfFs(pub std::path::PathBuf);
+
+impl BpfFs {
+    /// Create the directory `at` and mount a bpffs there; panics (a test
+    /// helper) if that fails.
+    pub fn mount(at: std::path::PathBuf) -> BpfFs {
+        std::fs::create_dir(&at).expect("creating the bpffs mount point");
+        crate::cmd::run_command(
+            std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(&at),
+        )
+        .expect("mounting a bpffs");
+        BpfFs(at)
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ =
+            crate::cmd::run_command(std::process::Command::new("umount").arg("-l").arg(&self.0));
+    }
+}

@@ -54,7 +54,7 @@ pub use broker::{
 pub use capture::Capture;
 pub use client::{serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
-pub use harness::{expect_error, wait_until, BrokerBed, RawPeer};
+pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use netns::{cleanup_stale_netns, Netns};
 pub use packet::{
     build_udp_frame, frame_checksums_ok, parse_udp_frame, reflect_udp_frame, UdpFrame, ETH_HLEN,

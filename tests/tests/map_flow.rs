@@ -10,34 +10,12 @@ use std::time::Duration;
 use xsk_broker_protocol::{ErrorCode, OpenMapRequest, OpenRequest};
 use xsk_client::BrokerClient;
 use xsk_testbed::{
-    cap_eff, nobody_ids, proc_status_uid, require_root, run_command, serial_guard, udp_roundtrip,
-    wait_until, workspace_bin, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
+    cap_eff, nobody_ids, proc_status_uid, require_root, serial_guard, udp_roundtrip, wait_until,
+    workspace_bin, BpfFs, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
 const CAP_NET_RAW: u32 = 13;
-
-/// A bpffs mounted for one test, unmounted on drop.
-struct BpfFs(PathBuf);
-
-impl BpfFs {
-    fn mount(at: PathBuf) -> BpfFs {
-        std::fs::create_dir(&at).unwrap();
-        run_command(
-            std::process::Command::new("mount")
-                .args(["-t", "bpf", "bpf"])
-                .arg(&at),
-        )
-        .expect("mounting a bpffs");
-        BpfFs(at)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = run_command(std::process::Command::new("umount").arg("-l").arg(&self.0));
-    }
-}
 
 /// Fields drop in order: broker, namespaces, bpffs, directory.
 struct Env {

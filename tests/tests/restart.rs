@@ -13,33 +13,11 @@ use std::time::{Duration, Instant};
 use xsk_broker_protocol::{ErrorCode, OpenRequest};
 use xsk_client::BrokerClient;
 use xsk_testbed::{
-    require_root, run_command, serial_guard, udp_roundtrip, BrokerProcess, ClientProcess, TempDir,
+    require_root, serial_guard, udp_roundtrip, BpfFs, BrokerProcess, ClientProcess, TempDir,
     Testbed, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
-
-/// A bpffs mounted for one test, unmounted on drop.
-struct BpfFs(PathBuf);
-
-impl BpfFs {
-    fn mount(at: PathBuf) -> BpfFs {
-        std::fs::create_dir(&at).unwrap();
-        run_command(
-            std::process::Command::new("mount")
-                .args(["-t", "bpf", "bpf"])
-                .arg(&at),
-        )
-        .expect("mounting a bpffs");
-        BpfFs(at)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = run_command(std::process::Command::new("umount").arg("-l").arg(&self.0));
-    }
-}
 
 /// Fields drop in order: clients and broker before the namespaces and dirs.
 struct Env {
