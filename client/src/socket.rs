@@ -264,6 +264,30 @@ impl fmt::Debug for XskSocket {
     }
 }
 
+/// Copy a frame into the umem. `dst` and `src` have the same length.
+///
+/// Frames of 16 to 64 bytes (minimum-size Ethernet frames and the like) are
+/// copied with two fixed-size, possibly overlapping copies, which compile to
+/// a few vector moves; a plain `copy_from_slice` of a length known only at
+/// run time is a call to `memcpy`, which costs more than the copy itself at
+/// these sizes. (With `memcpy`, txonly of 60-byte frames ran 1.3 % below the
+/// C reference, which inlines its constant-size copy, in five of five
+/// paired runs; with this, within noise of it.)
+#[inline(always)]
+fn copy_frame(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    debug_assert_eq!(dst.len(), n);
+    if (32..=64).contains(&n) {
+        dst[..32].copy_from_slice(&src[..32]);
+        dst[n - 32..n].copy_from_slice(&src[n - 32..n]);
+    } else if (16..32).contains(&n) {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[n - 16..n].copy_from_slice(&src[n - 16..n]);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// Errno values a wakeup may return that only mean "try again later".
 fn is_transient(err: &std::io::Error) -> bool {
     matches!(
@@ -764,7 +788,7 @@ impl XskSocket {
             let addr = base + self.headroom;
             let len = data.len() as u32;
             match self.umem.frame_mut(addr, len) {
-                Some(buf) => buf.copy_from_slice(data),
+                Some(buf) => copy_frame(buf, data),
                 None => {
                     // Unreachable: pool frames lie inside the umem and len
                     // fits the frame. Keep the frame and stop.
@@ -1092,6 +1116,16 @@ mod tests {
             XskSocket::adopt(OwnedFd::from(a), 1, 0, &c),
             Err(Error::InvalidConfig(_))
         ));
+    }
+
+    #[test]
+    fn copy_frame_copies_every_length() {
+        for n in 0..=200usize {
+            let src: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let mut dst = vec![0xaau8; n];
+            copy_frame(&mut dst, &src);
+            assert_eq!(dst, src, "length {n}");
+        }
     }
 
     #[test]
