@@ -90,6 +90,20 @@ fn test_policy(dir: &Path, extra: &[&str]) -> Result<Vec<std::ffi::OsString>> {
     Ok(vec!["--policy".into(), path.into_os_string()])
 }
 
+/// The broker's log, opened for appending, twice (its stdout and stderr), so a
+/// restarted broker in the same directory keeps one log.
+fn open_log(log_path: &Path) -> Result<(std::fs::File, std::fs::File)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening broker log {}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
+    Ok((log, log2))
+}
+
 impl BrokerProcess {
     /// Start `xsk-brokerd` (from [`workspace_bin`]) in `ns`, with its socket and log in
     /// `dir`, and wait until the socket accepts connections.
@@ -145,14 +159,7 @@ impl BrokerProcess {
     ) -> Result<BrokerProcess> {
         let socket = dir.join("xsk-brokerd.sock");
         let log_path = dir.join("xsk-brokerd.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening broker log {}", log_path.display()))?;
-        let log2 = log
-            .try_clone()
-            .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
+        let (log, log2) = open_log(&log_path)?;
         let mut cmd = ns.exec_command(
             prefix
                 .iter()
@@ -195,14 +202,7 @@ impl BrokerProcess {
         let bin = workspace_bin("xsk-brokerd")?;
         let socket = dir.join("xsk-brokerd.sock");
         let log_path = dir.join("xsk-brokerd.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening broker log {}", log_path.display()))?;
-        let log2 = log
-            .try_clone()
-            .with_context(|| format!("duplicating broker log {}", log_path.display()))?;
+        let (log, log2) = open_log(&log_path)?;
         let mut cmd = ns.exec_command(["systemd-socket-activate", "--fdname=xsk-broker", "-l"]);
         let policy = test_policy(dir, extra)?;
         cmd.arg(&socket)
