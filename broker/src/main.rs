@@ -433,16 +433,25 @@ fn main() {
     let activation = match activation::take_listener() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("xsk-brokerd: {e:#}");
+            eprintln!(
+                "xsk-brokerd: {}",
+                xsk_broker_protocol::error_chain(e.as_ref())
+            );
             std::process::exit(1);
         }
     };
     if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
-        eprintln!("xsk-brokerd: {e:#}");
+        eprintln!(
+            "xsk-brokerd: {}",
+            xsk_broker_protocol::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
     if let Err(e) = run(args, activation) {
-        eprintln!("xsk-brokerd: {e:#}");
+        eprintln!(
+            "xsk-brokerd: {}",
+            xsk_broker_protocol::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }

@@ -52,6 +52,7 @@
 
 pub mod frame;
 pub mod message;
+pub mod report;
 pub mod transport;
 
 pub use frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS, MAX_MESSAGE_LEN};
@@ -61,6 +62,7 @@ pub use message::{
     Opened, Request, Response, SocketInfo, SocketStatus, StatusReply, StatusRequest, XdpMode,
     XdpStatistics, MAX_IFNAME_LEN, MAX_NESTING, MAX_QUEUES,
 };
+pub use report::error_chain;
 pub use transport::{Channel, Received, TransportError};
 
 /// The protocol version this crate speaks. A peer with another version gets

@@ -52,7 +52,10 @@ fn run() -> Result<()> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("xsk-broker-mangen: {e:#}");
+        eprintln!(
+            "xsk-broker-mangen: {}",
+            xsk_broker_protocol::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }

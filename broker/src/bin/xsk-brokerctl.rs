@@ -235,7 +235,10 @@ fn run(args: Args) -> Result<()> {
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
-        eprintln!("xsk-brokerctl: {e:#}");
+        eprintln!(
+            "xsk-brokerctl: {}",
+            xsk_broker_protocol::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }

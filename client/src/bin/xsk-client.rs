@@ -879,7 +879,10 @@ fn main() {
     let cli = Cli::parse();
     if let Cmd::Exec(a) = cli.cmd {
         let (code, e) = run_exec(a);
-        eprintln!("xsk-client exec: {e:#}");
+        eprintln!(
+            "xsk-client exec: {}",
+            xsk_broker_protocol::error_chain(e.as_ref())
+        );
         std::process::exit(code);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -890,7 +893,10 @@ fn main() {
         }
     }
     if let Err(e) = run(cli, &stop) {
-        eprintln!("xsk-client: {e:#}");
+        eprintln!(
+            "xsk-client: {}",
+            xsk_broker_protocol::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
