@@ -283,7 +283,6 @@ impl<T: Copy> ProdRing<T> {
     }
 
     /// Number of entries.
-    #[cfg(test)]
     pub(crate) fn size(&self) -> u32 {
         self.0.size
     }

@@ -20,6 +20,10 @@ pub const MAX_FRAME_COUNT: u32 = 1 << 22;
 /// [`SocketConfig::validate`].
 pub const MIN_RX_FRAME_ROOM: u32 = 64;
 
+/// Frames one copy-mode transmit wakeup sends unless raised
+/// (`TX_BATCH_SIZE` in the kernel's `net/xdp/xsk.c`).
+const KERNEL_TX_BUDGET: u32 = 32;
+
 /// Everything [`XskSocket::adopt`] needs to set up a socket.
 ///
 /// # Defaults
@@ -36,6 +40,13 @@ pub const MIN_RX_FRAME_ROOM: u32 = 64;
 /// | `copy` | `Auto` | kernel picks zero-copy where the driver supports it |
 /// | `need_wakeup` | true | syscalls only when the kernel asks for them |
 /// | `batch_size` | 64 | as in QEMU and libxdp's samples |
+///
+/// One more setting follows from `batch_size`: in copy mode the kernel
+/// transmits inside the `sendto` wakeup and stops after its per-call budget
+/// (32 frames). When `batch_size` is larger, [`XskSocket::adopt`] raises that
+/// budget to `batch_size` (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17+; older kernels
+/// keep 32), so one wakeup sends a whole batch. See
+/// [`XskSocket::set_tx_budget`].
 ///
 /// For several queues under one user's limit use
 /// [`SocketConfig::with_frame_count`], e.g. `with_frame_count(1024)` (2 MiB,
@@ -248,6 +259,8 @@ pub struct XskSocket {
     /// Bound in zero-copy mode (from `XDP_OPTIONS` after bind).
     zero_copy: bool,
     outstanding_tx: u32,
+    /// Frames one copy-mode wakeup may send (`XDP_MAX_TX_SKB_BUDGET`).
+    tx_budget: u32,
     counters: Counters,
 }
 
@@ -507,6 +520,7 @@ impl XskSocket {
             need_wakeup: config.need_wakeup,
             zero_copy: false,
             outstanding_tx: 0,
+            tx_budget: KERNEL_TX_BUDGET,
             counters: Counters::default(),
         };
         sock.refill(u.fill_size);
@@ -541,6 +555,12 @@ impl XskSocket {
         sock.zero_copy = sys::options(sock.fd.as_fd())
             .map(|f| f & sys::XDP_OPTIONS_ZEROCOPY != 0)
             .unwrap_or(true);
+        if config.batch_size > KERNEL_TX_BUDGET {
+            // Best effort: on kernels without the option (ENOPROTOOPT) the
+            // budget stays 32 and only the syscall count differs. The value
+            // is within the kernel's bounds (32 < batch_size <= tx_size).
+            let _ = sock.set_tx_budget(config.batch_size);
+        }
         Ok(sock)
     }
 
@@ -570,19 +590,39 @@ impl XskSocket {
     /// (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17+; the kernel's default is 32).
     /// In copy mode the kernel transmits inside the `sendto` wakeup and stops
     /// after its budget, so raising it to the batch size or more cuts the
-    /// syscalls per frame by that factor. Needs no capability. Returns
-    /// `Ok(false)` if the kernel does not know the option (`ENOPROTOOPT`),
-    /// in which case nothing changed.
-    pub fn set_tx_budget(&self, budget: u32) -> Result<bool, Error> {
+    /// syscalls per frame by that factor. [`adopt`](Self::adopt) already
+    /// raises it to the configured `batch_size` when that is larger than 32.
+    /// Needs no capability. The kernel accepts 32 up to the tx ring size;
+    /// other values are [`Error::InvalidConfig`]. Returns `Ok(false)` if the
+    /// kernel does not know the option (`ENOPROTOOPT`), in which case
+    /// nothing changed.
+    pub fn set_tx_budget(&mut self, budget: u32) -> Result<bool, Error> {
         match sys::set_tx_skb_budget(self.fd.as_fd(), budget) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.tx_budget = budget;
+                Ok(true)
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+            // The kernel answers EACCES (sic) for a budget out of range.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(Error::InvalidConfig(format!(
+                "fd {}: tx budget {budget} refused by the kernel (EACCES): it must be \
+                     between {KERNEL_TX_BUDGET} and the tx ring size ({})",
+                self.fd.as_raw_fd(),
+                self.tx.size()
+            ))),
             Err(source) => Err(Error::Sys {
                 op: "setsockopt(XDP_MAX_TX_SKB_BUDGET)",
                 fd: self.fd.as_raw_fd(),
                 source,
             }),
         }
+    }
+
+    /// Frames one copy-mode transmit wakeup may send: 32 (the kernel's
+    /// default) unless [`adopt`](Self::adopt) or
+    /// [`set_tx_budget`](Self::set_tx_budget) raised it.
+    pub fn tx_budget(&self) -> u32 {
+        self.tx_budget
     }
 
     /// Whether the kernel runs this socket in zero-copy mode

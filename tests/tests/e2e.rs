@@ -15,7 +15,7 @@ use serde_json::Value;
 use xsk_broker_protocol::{
     ErrorCode, FrameHeader, Hello, OpenRequest, Request, Response, TransportError,
 };
-use xsk_client::BrokerClient;
+use xsk_client::{BrokerClient, SocketConfig};
 use xsk_testbed::{
     build_udp_frame, cap_eff, expect_error, frame_checksums_ok, nobody_ids, parse_udp_frame,
     proc_status_uid, require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip,
@@ -766,4 +766,70 @@ fn socket_owner_group_and_mode_are_set_by_options() {
     c.stop().unwrap();
     let _ = broker.kill();
     let _ = broker.wait();
+}
+
+/// The library raises the kernel's copy-mode transmit budget to its batch
+/// (Linux 6.17+), so one `transmit` of a whole batch makes one `sendto` and
+/// every frame reaches the peer; a budget the kernel refuses is a clear
+/// error that names the range.
+#[test]
+fn one_wakeup_sends_a_whole_batch() {
+    let Some(env) = BrokerBed::start("one_wakeup_sends_a_whole_batch", 1) else {
+        return;
+    };
+    let tb = &env.tb;
+    let cap = Capture::start(tb).unwrap();
+    let mut lease = BrokerClient::connect(env.broker.socket_path())
+        .unwrap()
+        .open(OpenRequest::new(tb.xsk_if.clone(), 1))
+        .unwrap();
+    let config = SocketConfig::with_frame_count(512); // rings of 128, batch 64
+    let mut socks = lease.adopt_all(&config).unwrap();
+    let sock = &mut socks[0];
+    assert_eq!(
+        sock.tx_budget(),
+        64,
+        "adopt should raise the budget to the batch"
+    );
+
+    let err = sock.set_tx_budget(16).unwrap_err().to_string();
+    assert!(
+        err.contains("tx budget 16") && err.contains("between 32 and the tx ring size (128)"),
+        "{err}"
+    );
+    assert_eq!(sock.tx_budget(), 64, "a refused budget changes nothing");
+
+    let frames: Vec<Vec<u8>> = (0..64u16)
+        .map(|i| {
+            let payload = format!("batch frame {i:02}").into_bytes();
+            build_udp_frame(
+                tb.xsk_mac,
+                tb.peer_mac,
+                tb.xsk_ip,
+                tb.peer_ip,
+                7000,
+                7002,
+                &payload,
+            )
+        })
+        .collect();
+    let before = sock.counters().wakeups;
+    assert_eq!(sock.transmit(&frames).unwrap(), 64);
+    assert_eq!(
+        sock.counters().wakeups - before,
+        1,
+        "64 frames with a budget of 64 need one sendto"
+    );
+    let ours = |f: &Vec<u8>| parse_udp_frame(f).is_some_and(|u| u.dst_port == 7002);
+    let got = cap
+        .collect(
+            |fs| fs.iter().filter(|f| ours(f)).count() >= 64,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(got.into_iter().filter(ours).count(), 64);
+    wait_until("all 64 completions", Duration::from_secs(5), || {
+        sock.complete_tx();
+        (sock.outstanding_tx() == 0).then_some(())
+    });
 }

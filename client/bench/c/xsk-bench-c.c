@@ -20,6 +20,10 @@
  *     has room for (back-pressure), swap the MAC addresses in place, put the
  *     same descriptors on the tx ring, refill, wake rx/tx if asked.
  *
+ * Like any program on libxdp, it leaves the kernel's copy-mode transmit
+ * budget at 32 frames per sendto unless given --tx-budget (xsk_client raises
+ * it to the batch size by itself).
+ *
  * The ring set-up (XDP_UMEM_REG, ring sizes, XDP_MMAP_OFFSETS, mmap, bind)
  * is done with plain syscalls because the sockets come from the broker
  * (the inhibit flow): libxdp's xsk_socket__create would create or look up
@@ -630,13 +634,13 @@ int main(int argc, char **argv)
 	}
 	printf("{\"tool\":\"xsk-bench\",\"impl\":\"c\",\"label\":%s%s%s,\"mode\":\"%s\","
 	       "\"queues\":%u,\"batch\":%u,\"frames\":%u,\"ring_size\":%u,\"need_wakeup\":%s,"
-	       "\"busy_poll\":%d,\"pps\":%.0f,\"packets\":%llu,\"seconds\":%.6f,\"rx_pps\":%.0f,"
+	       "\"busy_poll\":%d,\"tx_budget\":%d,\"pps\":%.0f,\"packets\":%llu,\"seconds\":%.6f,\"rx_pps\":%.0f,"
 	       "\"tx_pps\":%.0f,\"syscalls\":%llu,\"syscalls_per_mpkt\":%.2f,"
 	       "\"lifetime\":{\"rx_packets\":%llu,\"tx_completed\":%llu,\"wakeups\":%llu},"
 	       "\"per_queue\":[%s]}\n",
 	       o.label ? "\"" : "", o.label ? o.label : "null", o.label ? "\"" : "",
 	       mode_names[o.mode], o.queues, o.batch, o.frames, ring,
-	       o.need_wakeup ? "true" : "false", o.busy_poll, pps, (unsigned long long)packets,
+	       o.need_wakeup ? "true" : "false", o.busy_poll, o.tx_budget >= 0 ? o.tx_budget : 32, pps, (unsigned long long)packets,
 	       seconds, rx / seconds, tx / seconds, (unsigned long long)syscalls,
 	       packets ? syscalls * 1e6 / packets : 0.0, (unsigned long long)life_rx,
 	       (unsigned long long)life_tx, (unsigned long long)life_sc, per_queue);

@@ -100,7 +100,8 @@ struct Cli {
     #[arg(long)]
     prefer_busy_poll: bool,
     /// XDP_MAX_TX_SKB_BUDGET: frames one copy-mode transmit syscall may send
-    /// (kernel default 32; Linux 6.17+).
+    /// (Linux 6.17+; the kernel's default is 32, and the client raises it to
+    /// --batch when that is larger; this sets it explicitly, 32 up to the ring size).
     #[arg(long)]
     tx_budget: Option<u32>,
     /// Seconds counted.
@@ -426,8 +427,8 @@ fn set_busy_poll(cli: &Cli, sock: &XskSocket) -> Result<()> {
 fn run(cli: &Cli) -> Result<Value> {
     cli.check()?;
     let config = cli.config();
-    let (socks, lease) = sockets(cli, &config)?;
-    for s in &socks {
+    let (mut socks, lease) = sockets(cli, &config)?;
+    for s in &mut socks {
         set_busy_poll(cli, s)?;
         if let Some(b) = cli.tx_budget {
             if !s.set_tx_budget(b)? {
@@ -435,6 +436,7 @@ fn run(cli: &Cli) -> Result<Value> {
             }
         }
     }
+    let tx_budget = socks.first().map(XskSocket::tx_budget);
     let frame = tx_frame(parse_mac(&cli.dst_mac)?, parse_mac(&cli.src_mac)?);
     let phase = Arc::new(AtomicU32::new(WARMUP));
     let mut handles = Vec::new();
@@ -523,7 +525,7 @@ fn run(cli: &Cli) -> Result<Value> {
         "ring_size": config.rx_size,
         "need_wakeup": config.need_wakeup,
         "busy_poll": cli.busy_poll,
-        "tx_budget": cli.tx_budget,
+        "tx_budget": tx_budget,
         "pps": pps.round(),
         "packets": packets,
         "seconds": seconds,
@@ -542,7 +544,10 @@ fn main() {
     match run(&cli) {
         Ok(v) => println!("{v}"),
         Err(e) => {
-            eprintln!("xsk-bench: {e:#}");
+            eprintln!(
+                "xsk-bench: {}",
+                xsk_broker_protocol::error_chain(e.as_ref())
+            );
             std::process::exit(1);
         }
     }
