@@ -372,35 +372,15 @@ impl Broker {
                         })
                         .collect(),
                 };
-                let revocation = Arc::new(Revocation::default());
-                inner.leases.insert(
-                    id,
-                    LeaseRecord {
-                        ifname: req.ifname.clone(),
-                        ifindex,
-                        peer,
-                        granted: Instant::now(),
-                        sockets: sockets.clone(),
-                        map_queues: Vec::new(),
-                        revocation: Arc::clone(&revocation),
-                        kind: LeaseKind::Sockets,
-                        start_time: persist::start_time(peer.pid),
-                        map_pin: None,
-                        restored: false,
-                    },
-                );
-                if let Err(e) = self.save(&inner) {
-                    self.undo_grant(&mut inner, id);
-                    return Err(not_recorded(e));
-                }
                 let lease = Lease {
                     id,
                     ifname: req.ifname.clone(),
                     ifindex,
                     sockets,
                     map: None,
-                    revocation,
+                    revocation: Arc::new(Revocation::default()),
                 };
+                let lease = self.record_grant(&mut inner, lease, peer)?;
                 Ok((lease, opened))
             }
             Err(e) => {
@@ -590,35 +570,15 @@ impl Broker {
             queues: req.queues,
             pin_path: pin.as_ref().map(|p| p.display().to_string()),
         };
-        let revocation = Arc::new(Revocation::default());
-        inner.leases.insert(
-            id,
-            LeaseRecord {
-                ifname: req.ifname.clone(),
-                ifindex,
-                peer,
-                granted: Instant::now(),
-                sockets: Vec::new(),
-                map_queues: queues.clone(),
-                revocation: Arc::clone(&revocation),
-                kind: LeaseKind::Map,
-                start_time: persist::start_time(peer.pid),
-                map_pin: pin.clone(),
-                restored: false,
-            },
-        );
-        if let Err(e) = self.save(&inner) {
-            self.undo_grant(&mut inner, id);
-            return Err(not_recorded(e));
-        }
         let lease = Lease {
             id,
             ifname: req.ifname.clone(),
             ifindex,
             sockets: Vec::new(),
             map: Some(MapGrant { queues, pin }),
-            revocation,
+            revocation: Arc::new(Revocation::default()),
         };
+        let lease = self.record_grant(&mut inner, lease, peer)?;
         Ok((lease, opened, fd))
     }
 
@@ -934,6 +894,46 @@ impl Broker {
         p.state.save(&state).inspect_err(|e| {
             warn!("cannot save the broker state: {e}");
         })
+    }
+
+    /// Record `lease`, just granted to `peer` under this lock (its queues
+    /// already reserved in `inner`), in the lease table and save the state.
+    /// A [`LeaseKind::Map`] lease is one with a [`MapGrant`], whose queues
+    /// and pin are recorded; otherwise its sockets are. If the state cannot
+    /// be saved the grant is undone with [`Broker::undo_grant`] (queues, map
+    /// entries, map pin, and the program if unused) and refused with
+    /// [`not_recorded`]; the lease's sockets are dropped with it.
+    fn record_grant(
+        &self,
+        inner: &mut Inner,
+        lease: Lease,
+        peer: Peer,
+    ) -> Result<Lease, ErrorReply> {
+        let (kind, map_queues, map_pin) = match &lease.map {
+            Some(m) => (LeaseKind::Map, m.queues.clone(), m.pin.clone()),
+            None => (LeaseKind::Sockets, Vec::new(), None),
+        };
+        inner.leases.insert(
+            lease.id,
+            LeaseRecord {
+                ifname: lease.ifname.clone(),
+                ifindex: lease.ifindex,
+                peer,
+                granted: Instant::now(),
+                sockets: lease.sockets.clone(),
+                map_queues,
+                revocation: Arc::clone(&lease.revocation),
+                kind,
+                start_time: persist::start_time(peer.pid),
+                map_pin,
+                restored: false,
+            },
+        );
+        if let Err(e) = self.save(inner) {
+            self.undo_grant(inner, lease.id);
+            return Err(not_recorded(e));
+        }
+        Ok(lease)
     }
 
     /// Take back a grant just made under this lock (its state could not be
