@@ -35,8 +35,29 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The subcommands: `exec` (handled in `main` before the signal handlers are
+/// registered) and the rest, which [`run`] handles.
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    #[command(flatten)]
+    Run(RunCmd),
+    /// Lease sockets, then exec PROGRAM with them inherited (the sock-fds
+    /// launcher). In PROGRAM's arguments `{sock-fds}` becomes the colon list
+    /// of socket fds in queue order, and `{queues}`, `{start-queue}`,
+    /// `{ifindex}` and `{lease-fd}` their values. With `--map`, the XSKMAP is
+    /// pinned instead and `{map-path}`, `{map-start-index}` are replaced. PROGRAM inherits exactly
+    /// the socket fds and the lease fd (the control connection) besides
+    /// stdin/stdout/stderr; the lease lasts until PROGRAM and every process
+    /// that inherited the lease fd have exited. Exit status: PROGRAM's own;
+    /// 125 if the broker refused or the launcher failed (PROGRAM not
+    /// started), 126 if PROGRAM could not be executed, 127 if not found.
+    Exec(ExecArgs),
+}
+
+/// The subcommands that run in this process once the signal handlers are
+/// registered (all but `exec`).
+#[derive(Subcommand, Debug)]
+enum RunCmd {
     /// Receive frames on the leased queues.
     Rx {
         #[command(flatten)]
@@ -59,17 +80,6 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Lease sockets, then exec PROGRAM with them inherited (the sock-fds
-    /// launcher). In PROGRAM's arguments `{sock-fds}` becomes the colon list
-    /// of socket fds in queue order, and `{queues}`, `{start-queue}`,
-    /// `{ifindex}` and `{lease-fd}` their values. With `--map`, the XSKMAP is
-    /// pinned instead and `{map-path}`, `{map-start-index}` are replaced. PROGRAM inherits exactly
-    /// the socket fds and the lease fd (the control connection) besides
-    /// stdin/stdout/stderr; the lease lasts until PROGRAM and every process
-    /// that inherited the lease fd have exited. Exit status: PROGRAM's own;
-    /// 125 if the broker refused or the launcher failed (PROGRAM not
-    /// started), 126 if PROGRAM could not be executed, 127 if not found.
-    Exec(ExecArgs),
     /// Write this program's man page (roff) to standard output, generated
     /// from the same definitions as `--help` (used to build the package).
     #[command(hide = true)]
@@ -79,25 +89,8 @@ enum Cmd {
 /// Arguments of `xsk-client exec`.
 #[derive(Args, Debug)]
 struct ExecArgs {
-    /// The broker's control socket.
-    #[arg(long, default_value = "/run/xsk-broker/broker.sock")]
-    socket: PathBuf,
-    /// Interface, as the broker sees it.
-    #[arg(long)]
-    ifname: String,
-    /// Number of queues.
-    #[arg(long, default_value_t = 1)]
-    queues: u32,
-    /// First queue id.
-    #[arg(long, default_value_t = 0)]
-    start_queue: u32,
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    mode: ModeArg,
-    /// Copy or zero-copy (the broker checks it against the XDP mode; PROGRAM
-    /// applies it when it binds).
-    #[arg(long, value_enum, default_value_t = CopyArg::Auto)]
-    copy: CopyArg,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// Print an `exec` JSON line (fds, queues, ifindex, the argv) on stdout
     /// before exec'ing.
     #[arg(long)]
@@ -129,8 +122,10 @@ enum CopyArg {
     ZeroCopy,
 }
 
+/// What to lease from the broker: the arguments `rx`, `tx`, `echo` and
+/// `exec` share.
 #[derive(Args, Debug)]
-struct Common {
+struct LeaseArgs {
     /// The broker's control socket.
     #[arg(long, default_value = "/run/xsk-broker/broker.sock")]
     socket: PathBuf,
@@ -146,9 +141,17 @@ struct Common {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     mode: ModeArg,
-    /// Copy or zero-copy.
+    /// Copy or zero-copy (the broker checks it against the XDP mode; it
+    /// applies when the socket is bound).
     #[arg(long, value_enum, default_value_t = CopyArg::Auto)]
     copy: CopyArg,
+}
+
+/// Arguments of `xsk-client rx`, `tx` and `echo`.
+#[derive(Args, Debug)]
+struct Common {
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// Umem frames per queue (each frame-size bytes, charged to the user's
     /// RLIMIT_MEMLOCK); the rings are sized to a quarter of it each.
     /// Default 2048 (4 MiB).
@@ -219,41 +222,29 @@ impl Held {
     }
 }
 
-fn open_request(
-    ifname: &str,
-    queues: u32,
-    start_queue: u32,
-    mode: ModeArg,
-    copy: CopyArg,
-) -> OpenRequest {
-    OpenRequest {
-        ifname: ifname.to_owned(),
-        queues,
-        start_queue,
-        mode: match mode {
-            ModeArg::Auto => XdpMode::Auto,
-            ModeArg::Native => XdpMode::Native,
-            ModeArg::Skb => XdpMode::Skb,
-        },
-        copy: match copy {
-            CopyArg::Auto => CopyMode::Auto,
-            CopyArg::Copy => CopyMode::Copy,
-            CopyArg::ZeroCopy => CopyMode::ZeroCopy,
-        },
+impl LeaseArgs {
+    /// The broker request for these arguments.
+    fn request(&self) -> OpenRequest {
+        OpenRequest {
+            ifname: self.ifname.clone(),
+            queues: self.queues,
+            start_queue: self.start_queue,
+            mode: match self.mode {
+                ModeArg::Auto => XdpMode::Auto,
+                ModeArg::Native => XdpMode::Native,
+                ModeArg::Skb => XdpMode::Skb,
+            },
+            copy: match self.copy {
+                CopyArg::Auto => CopyMode::Auto,
+                CopyArg::Copy => CopyMode::Copy,
+                CopyArg::ZeroCopy => CopyMode::ZeroCopy,
+            },
+        }
     }
 }
 
 impl Common {
-    fn request(&self) -> OpenRequest {
-        open_request(
-            &self.ifname,
-            self.queues,
-            self.start_queue,
-            self.mode,
-            self.copy,
-        )
-    }
-
+    /// The socket configuration: the defaults with the given sizes applied.
     fn config(&self) -> SocketConfig {
         let mut c = match self.frames {
             Some(f) => SocketConfig::with_frame_count(f),
@@ -307,8 +298,12 @@ impl Ready {
 }
 
 fn connect(common: &Common) -> Result<BrokerClient> {
-    BrokerClient::connect(&common.socket)
-        .with_context(|| format!("connecting to the broker at {}", common.socket.display()))
+    BrokerClient::connect(&common.lease.socket).with_context(|| {
+        format!(
+            "connecting to the broker at {}",
+            common.lease.socket.display()
+        )
+    })
 }
 
 struct Session {
@@ -340,26 +335,31 @@ fn start(common: &Common) -> Result<Session> {
     let (held, sockets, info, pin) = match (&common.map_path, common.via_map) {
         (Some(path), _) => {
             // Like QEMU's map-path=: no broker, an existing pinned XSKMAP.
-            let ifindex =
-                nix::net::if_::if_nametoindex(common.ifname.as_str()).with_context(|| {
+            let ifindex = nix::net::if_::if_nametoindex(common.lease.ifname.as_str())
+                .with_context(|| {
                     format!(
                         "--map-path: interface {} not found in this network namespace (this \
                          process creates and binds the sockets, so it must run in the \
                          interface's namespace)",
-                        common.ifname
+                        common.lease.ifname
                     )
                 })?;
             let map = XskMap::open_pinned(path)
                 .with_context(|| format!("opening the pinned XSKMAP {}", path.display()))?;
             let config = SocketConfig {
-                copy: common.request().copy,
+                copy: common.lease.request().copy,
                 ..config
             };
             let sockets = map
-                .attach_new_sockets(ifindex, common.start_queue, common.queues, &config)
+                .attach_new_sockets(
+                    ifindex,
+                    common.lease.start_queue,
+                    common.lease.queues,
+                    &config,
+                )
                 .context("creating this process's own AF_XDP sockets for the XSKMAP")?;
             let info = Ready {
-                ifname: common.ifname.clone(),
+                ifname: common.lease.ifname.clone(),
                 ifindex,
                 mode: None,
                 program_id: None,
@@ -370,8 +370,11 @@ fn start(common: &Common) -> Result<Session> {
         }
         (None, None) => {
             let broker = connect(common)?;
-            let mut lease = broker.open(common.request()).with_context(|| {
-                format!("leasing {} queue(s) of {}", common.queues, common.ifname)
+            let mut lease = broker.open(common.lease.request()).with_context(|| {
+                format!(
+                    "leasing {} queue(s) of {}",
+                    common.lease.queues, common.lease.ifname
+                )
             })?;
             let sockets = lease
                 .adopt_all(&config)
@@ -388,7 +391,7 @@ fn start(common: &Common) -> Result<Session> {
         }
         (None, Some(via)) => {
             let broker = connect(common)?;
-            let req = common.request();
+            let req = common.lease.request();
             let lease = broker
                 .open_map(OpenMapRequest {
                     ifname: req.ifname.clone(),
@@ -400,7 +403,7 @@ fn start(common: &Common) -> Result<Session> {
                 .with_context(|| {
                     format!(
                         "leasing {} queue(s) of {} with its XSKMAP",
-                        common.queues, common.ifname
+                        common.lease.queues, common.lease.ifname
                     )
                 })?;
             let config = SocketConfig {
@@ -717,6 +720,7 @@ const EXEC_LAUNCHER_FAILED: i32 = 125;
 /// exit status to use.
 fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
     use std::os::unix::process::CommandExt;
+    let l = &a.lease;
     let program = a.command[0].clone();
     let shown = program.to_string_lossy().into_owned();
     let not_started = |e: anyhow::Error| {
@@ -736,8 +740,8 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
             if a.map { "without" } else { "with" }
         ));
     }
-    let broker = match BrokerClient::connect(&a.socket)
-        .with_context(|| format!("connecting to the broker at {}", a.socket.display()))
+    let broker = match BrokerClient::connect(&l.socket)
+        .with_context(|| format!("connecting to the broker at {}", l.socket.display()))
     {
         Ok(b) => b,
         Err(e) => return not_started(e),
@@ -745,17 +749,17 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
     let asked = || {
         format!(
             "leasing {} queue(s) of {} from queue {}",
-            a.queues, a.ifname, a.start_queue
+            l.queues, l.ifname, l.start_queue
         )
     };
     // Either flow yields: the placeholders' values, the fds to inherit (the
     // lease fd last), and what to report. The lease objects stay alive (and
     // their fds open) until exec.
-    let mut socket_lease: Option<Lease> = None;
-    let mut map_lease: Option<MapLease> = None;
+    let socket_lease: Lease;
+    let map_lease: MapLease;
     let mut sockets = Vec::new();
-    let (ifindex, extra, report) = if a.map {
-        let req = open_request(&a.ifname, a.queues, a.start_queue, a.mode, a.copy);
+    let (lease_fd, ifindex, extra, report) = if a.map {
+        let req = l.request();
         let lease = match broker
             .open_map(OpenMapRequest {
                 ifname: req.ifname,
@@ -775,8 +779,9 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
             "map_path": path, "map_start_index": info.start_queue, "mode": info.mode,
             "program_id": info.program_id,
         });
-        map_lease = Some(lease);
+        map_lease = lease;
         (
+            map_lease.control_fd(),
             info.ifindex,
             vec![
                 ("map-path", path),
@@ -785,16 +790,7 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
             report,
         )
     } else {
-        let mut lease = match broker
-            .open(open_request(
-                &a.ifname,
-                a.queues,
-                a.start_queue,
-                a.mode,
-                a.copy,
-            ))
-            .with_context(asked)
-        {
+        let mut lease = match broker.open(l.request()).with_context(asked) {
             Ok(l) => l,
             Err(e) => return not_started(e),
         };
@@ -808,18 +804,18 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
         let report = json!({
             "sock_fds": sock_fds, "mode": info.mode, "program_id": info.program_id,
         });
-        socket_lease = Some(lease);
-        (info.ifindex, vec![("sock-fds", sock_fds)], report)
-    };
-    let lease_fd = match (&socket_lease, &map_lease) {
-        (Some(l), _) => l.control_fd(),
-        (_, Some(m)) => m.control_fd(),
-        _ => unreachable!("one of the two leases was just set"),
+        socket_lease = lease;
+        (
+            socket_lease.control_fd(),
+            info.ifindex,
+            vec![("sock-fds", sock_fds)],
+            report,
+        )
     };
     let lease_fd_num = lease_fd.as_raw_fd();
     let mut vars = vec![
-        ("queues", a.queues.to_string()),
-        ("start-queue", a.start_queue.to_string()),
+        ("queues", l.queues.to_string()),
+        ("start-queue", l.start_queue.to_string()),
         ("ifindex", ifindex.to_string()),
         ("lease-fd", lease_fd_num.to_string()),
     ];
@@ -840,8 +836,8 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
         let mut line = json!({
             "event": "exec", "program": shown,
             "args": args.iter().map(|x| x.to_string_lossy()).collect::<Vec<_>>(),
-            "lease_fd": lease_fd_num, "ifname": a.ifname, "ifindex": ifindex,
-            "queues": (a.start_queue..a.start_queue.saturating_add(a.queues)).collect::<Vec<_>>(),
+            "lease_fd": lease_fd_num, "ifname": l.ifname, "ifindex": ifindex,
+            "queues": (l.start_queue..l.start_queue.saturating_add(l.queues)).collect::<Vec<_>>(),
             "pid": std::process::id(),
         });
         if let (Some(o), Some(r)) = (line.as_object_mut(), report.as_object()) {
@@ -876,15 +872,17 @@ fn run_exec(a: ExecArgs) -> (i32, anyhow::Error) {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Cmd::Exec(a) = cli.cmd {
-        let (code, e) = run_exec(a);
-        eprintln!(
-            "xsk-client exec: {}",
-            xsk_broker_protocol::error_chain(e.as_ref())
-        );
-        std::process::exit(code);
-    }
+    let cmd = match Cli::parse().cmd {
+        Cmd::Run(cmd) => cmd,
+        Cmd::Exec(a) => {
+            let (code, e) = run_exec(a);
+            eprintln!(
+                "xsk-client exec: {}",
+                xsk_broker_protocol::error_chain(e.as_ref())
+            );
+            std::process::exit(code);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
@@ -892,7 +890,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if let Err(e) = run(cli, &stop) {
+    if let Err(e) = run(cmd, &stop) {
         eprintln!(
             "xsk-client: {}",
             xsk_broker_protocol::error_chain(e.as_ref())
@@ -901,9 +899,9 @@ fn main() {
     }
 }
 
-fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
-    match cli.cmd {
-        Cmd::Man => {
+fn run(cmd: RunCmd, stop: &AtomicBool) -> Result<()> {
+    match cmd {
+        RunCmd::Man => {
             use clap::CommandFactory;
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
@@ -914,7 +912,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
                 .write_all(&page)
                 .context("writing the man page")
         }
-        Cmd::Rx {
+        RunCmd::Rx {
             common,
             print_frames,
         } => {
@@ -944,7 +942,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
             })?;
             finish(&mut s, "rx")
         }
-        Cmd::Echo { common } => {
+        RunCmd::Echo { common } => {
             let mut s = start(&common)?;
             let limits = Limits::new(&common);
             let batch = common.config().batch_size as usize;
@@ -958,7 +956,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
             drain_tx(&mut s.sockets)?;
             finish(&mut s, "echo")
         }
-        Cmd::Tx { common, on_queue } => {
+        RunCmd::Tx { common, on_queue } => {
             let mut frames = Vec::new();
             for (i, line) in std::io::stdin().lock().lines().enumerate() {
                 let line = line.context("reading frames from standard input")?;
@@ -991,7 +989,6 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<()> {
             drain_tx(&mut s.sockets)?;
             finish(&mut s, "tx")
         }
-        Cmd::Exec(_) => unreachable!("exec is handled in main before signals are set up"),
     }
 }
 
