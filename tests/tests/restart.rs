@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use xsk_broker_protocol::{ErrorCode, OpenRequest};
+use xsk_broker_protocol::{ErrorCode, OpenMapRequest, OpenRequest};
 use xsk_client::BrokerClient;
 use xsk_testbed::{
     require_root, serial_guard, udp_roundtrip, BpfFs, BrokerProcess, ClientProcess, TempDir,
@@ -559,6 +559,45 @@ fn a_grant_that_cannot_be_recorded_is_refused() {
     let lease = env
         .try_open(2, 0)
         .expect("granted once the state can be written");
+    drop(lease);
+}
+
+/// The same for the map flow: a map lease whose state cannot be saved is
+/// refused and leaves no program, program pin or map pin behind.
+#[test]
+fn a_map_grant_that_cannot_be_recorded_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(env) = Env::with_maps("a_map_grant_that_cannot_be_recorded_is_refused", true) else {
+        return;
+    };
+    let map_pins = || -> Vec<String> {
+        std::fs::read_dir(env.dir.path().join("bpffs/maps"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let open_map = || {
+        let mut req = OpenMapRequest::new(env.tb.xsk_if.clone(), 2);
+        req.pin = true;
+        BrokerClient::connect(env.socket())?.open_map(req)
+    };
+    let mode = |m| std::fs::set_permissions(env.state_dir(), PermissionsExt::from_mode(m));
+    mode(0o500).unwrap();
+    let err = open_map().expect_err("must be refused");
+    mode(0o700).unwrap();
+    assert_eq!(err.broker_code(), Some(ErrorCode::Internal), "{err}");
+    assert!(
+        err.to_string().contains("could not record the lease"),
+        "{err}"
+    );
+    assert_eq!(env.tb.xdp_prog_id().unwrap(), None, "nothing left attached");
+    assert_eq!(env.pins(), Vec::<String>::new());
+    assert_eq!(map_pins(), Vec::<String>::new(), "no map pin left");
+    let lease = open_map().expect("granted once the state can be written");
+    assert_eq!(map_pins().len(), 1, "the granted lease's pin");
     drop(lease);
 }
 
