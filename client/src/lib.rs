@@ -56,6 +56,7 @@
 
 #![deny(missing_docs)]
 
+mod backoff;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod bench_internals;
@@ -69,6 +70,7 @@ mod sockfds;
 mod sys;
 mod umem;
 
+pub use backoff::IdleBackoff;
 pub use bpf::XskMap;
 pub use broker::{BrokerClient, Lease, LeasedSocket, MapLease};
 pub use error::Error;

@@ -18,7 +18,11 @@
  *     it, repeating while the kernel answers EAGAIN and makes progress;
  *   - l2fwd: reclaim completions, peek as many rx descriptors as the tx ring
  *     has room for (back-pressure), swap the MAC addresses in place, put the
- *     same descriptors on the tx ring, refill, wake rx/tx if asked.
+ *     same descriptors on the tx ring, refill, wake rx/tx if asked;
+ *   - rxdrop and l2fwd idle the way xsk_client::IdleBackoff does: after a
+ *     poll that took less than a batch, spin-wait with PAUSE hints, doubling
+ *     from 1 up to 2^--idle-backoff (default 7); a full batch starts over
+ *     (--no-idle-backoff: re-poll at once).
  *
  * Like any program on libxdp, it leaves the kernel's copy-mode transmit
  * budget at 32 frames per sendto unless given --tx-budget (xsk_client raises
@@ -74,6 +78,7 @@ struct opts {
 	int ifindex;
 	unsigned queues, start_queue, batch, frames, ring_size;
 	bool need_wakeup, prefer_busy_poll;
+	int idle_backoff; /* max doubling steps, -1: none */
 	int busy_poll, busy_poll_budget, tx_budget;
 	double duration, warmup;
 	int cpus[MAX_QUEUES], ncpus;
@@ -96,6 +101,8 @@ struct queue {
 	uint32_t pool_len, pool_cap;
 	uint32_t fill_size, batch, outstanding_tx;
 	bool need_wakeup, busy_poll;
+	int backoff_max; /* -1: no backoff */
+	unsigned backoff_step;
 	enum mode mode;
 	uint8_t frame[TX_FRAME_LEN];
 	struct counters c, start;
@@ -224,7 +231,29 @@ static inline void kick_tx_if_needed(struct queue *q)
 	}
 }
 
-static inline void rxdrop(struct queue *q)
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield");
+#endif
+}
+
+/* After a poll that took n of the batch: wait if the ring was drained. */
+static inline void backoff_after_poll(struct queue *q, uint32_t n)
+{
+	if (n >= q->batch) {
+		q->backoff_step = 0;
+		return;
+	}
+	for (uint32_t i = 0; i < (1u << q->backoff_step); i++)
+		cpu_relax();
+	if ((int)q->backoff_step < q->backoff_max)
+		q->backoff_step++;
+}
+
+static inline uint32_t rxdrop(struct queue *q)
 {
 	uint32_t idx;
 	uint32_t n = xsk_ring_cons__peek(&q->rx, q->batch, &idx);
@@ -237,10 +266,7 @@ static inline void rxdrop(struct queue *q)
 	}
 	refill(q, q->fill_size);
 	kick_rx_if_needed(q);
-	if (!n && q->busy_poll) {
-		q->kicks++;
-		recvfrom(q->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
-	}
+	return n;
 }
 
 static inline void txonly(struct queue *q)
@@ -275,7 +301,7 @@ static inline void swap_macs(uint8_t *p)
 	memcpy(p + 6, tmp, 6);
 }
 
-static inline void l2fwd(struct queue *q)
+static inline uint32_t l2fwd(struct queue *q)
 {
 	complete_tx(q);
 	uint32_t space = xsk_prod_nb_free(&q->tx, q->batch);
@@ -301,9 +327,18 @@ static inline void l2fwd(struct queue *q)
 	refill(q, q->fill_size);
 	kick_rx_if_needed(q);
 	kick_tx_if_needed(q);
+	return n;
+}
+
+/* What rxdrop and l2fwd do after a poll: the busy-poll syscall when it
+ * found nothing (it is the wait), else the backoff. */
+static inline void after_rx_poll(struct queue *q, uint32_t n)
+{
 	if (!n && q->busy_poll) {
 		q->kicks++;
 		recvfrom(q->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+	} else if (q->backoff_max >= 0) {
+		backoff_after_poll(q, n);
 	}
 }
 
@@ -335,13 +370,13 @@ static void *worker(void *arg)
 		}
 		switch (q->mode) {
 		case RXDROP:
-			rxdrop(q);
+			after_rx_poll(q, rxdrop(q));
 			break;
 		case TXONLY:
 			txonly(q);
 			break;
 		case L2FWD:
-			l2fwd(q);
+			after_rx_poll(q, l2fwd(q));
 			break;
 		}
 	}
@@ -439,6 +474,7 @@ static void setup(struct queue *q, const struct opts *o)
 	q->batch = o->batch;
 	q->need_wakeup = o->need_wakeup;
 	q->busy_poll = o->busy_poll >= 0;
+	q->backoff_max = o->idle_backoff;
 	q->mode = o->mode;
 	build_frame(q->frame, o->dst_mac, o->src_mac);
 	refill(q, ring);
@@ -488,7 +524,8 @@ static void usage(void)
 		"       [--queues N] [--start-queue Q] [--batch 64] [--frames 2048] [--ring-size N]\n"
 		"       [--no-need-wakeup] [--busy-poll USECS] [--busy-poll-budget N]\n"
 		"       [--prefer-busy-poll] [--duration S] [--warmup S] [--cpus A,B]\n"
-		"       [--dst-mac MAC] [--src-mac MAC] [--label TEXT] [--tx-budget N]\n");
+		"       [--dst-mac MAC] [--src-mac MAC] [--label TEXT] [--tx-budget N]\n"
+		"       [--idle-backoff 0..16 | --no-idle-backoff]\n");
 	exit(2);
 }
 
@@ -497,6 +534,7 @@ int main(int argc, char **argv)
 	struct opts o = {
 		.queues = 1, .batch = 64, .frames = 2048, .need_wakeup = true,
 		.busy_poll = -1, .busy_poll_budget = -1, .tx_budget = -1, .duration = 5, .warmup = 1,
+		.idle_backoff = 7,
 		.ifindex = -1, .dst_mac = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff },
 		.src_mac = { 2, 0, 0, 0, 0, 1 },
 	};
@@ -518,6 +556,7 @@ int main(int argc, char **argv)
 		{ "prefer-busy-poll", 0, 0, 'P' }, { "duration", 1, 0, 'd' },
 		{ "warmup", 1, 0, 'w' }, { "cpus", 1, 0, 'c' }, { "dst-mac", 1, 0, 'm' },
 		{ "src-mac", 1, 0, 'M' }, { "label", 1, 0, 'l' }, { "tx-budget", 1, 0, 'T' },
+		{ "idle-backoff", 1, 0, 'I' }, { "no-idle-backoff", 0, 0, 'n' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -549,6 +588,12 @@ int main(int argc, char **argv)
 		case 'M': if (parse_mac(optarg, o.src_mac)) usage(); break;
 		case 'l': o.label = optarg; break;
 		case 'T': o.tx_budget = atoi(optarg); break;
+		case 'I':
+			o.idle_backoff = atoi(optarg);
+			if (o.idle_backoff < 0 || o.idle_backoff > 16)
+				usage();
+			break;
+		case 'n': o.idle_backoff = -1; break;
 		default: usage();
 		}
 	}
@@ -632,15 +677,20 @@ int main(int argc, char **argv)
 		if (pl >= sizeof(per_queue))
 			pl = sizeof(per_queue) - 1;
 	}
+	char backoff_json[16];
+	if (o.idle_backoff >= 0)
+		snprintf(backoff_json, sizeof(backoff_json), "%d", o.idle_backoff);
+	else
+		snprintf(backoff_json, sizeof(backoff_json), "null");
 	printf("{\"tool\":\"xsk-bench\",\"impl\":\"c\",\"label\":%s%s%s,\"mode\":\"%s\","
 	       "\"queues\":%u,\"batch\":%u,\"frames\":%u,\"ring_size\":%u,\"need_wakeup\":%s,"
-	       "\"busy_poll\":%d,\"tx_budget\":%d,\"pps\":%.0f,\"packets\":%llu,\"seconds\":%.6f,\"rx_pps\":%.0f,"
+	       "\"busy_poll\":%d,\"tx_budget\":%d,\"idle_backoff\":%s,\"pps\":%.0f,\"packets\":%llu,\"seconds\":%.6f,\"rx_pps\":%.0f,"
 	       "\"tx_pps\":%.0f,\"syscalls\":%llu,\"syscalls_per_mpkt\":%.2f,"
 	       "\"lifetime\":{\"rx_packets\":%llu,\"tx_completed\":%llu,\"wakeups\":%llu},"
 	       "\"per_queue\":[%s]}\n",
 	       o.label ? "\"" : "", o.label ? o.label : "null", o.label ? "\"" : "",
 	       mode_names[o.mode], o.queues, o.batch, o.frames, ring,
-	       o.need_wakeup ? "true" : "false", o.busy_poll, o.tx_budget >= 0 ? o.tx_budget : 32, pps, (unsigned long long)packets,
+	       o.need_wakeup ? "true" : "false", o.busy_poll, o.tx_budget >= 0 ? o.tx_budget : 32, backoff_json, pps, (unsigned long long)packets,
 	       seconds, rx / seconds, tx / seconds, (unsigned long long)syscalls,
 	       packets ? syscalls * 1e6 / packets : 0.0, (unsigned long long)life_rx,
 	       (unsigned long long)life_tx, (unsigned long long)life_sc, per_queue);

@@ -41,7 +41,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 use xsk_client::{
-    claim_sock_fds, BrokerClient, CopyMode, Counters, OpenRequest, SocketConfig, XdpMode, XskSocket,
+    claim_sock_fds, BrokerClient, CopyMode, Counters, IdleBackoff, OpenRequest, SocketConfig,
+    XdpMode, XskSocket,
 };
 
 /// Benchmark the xsk_client datapath: rxdrop, txonly or l2fwd.
@@ -104,6 +105,14 @@ struct Cli {
     /// --batch when that is larger; this sets it explicitly, 32 up to the ring size).
     #[arg(long)]
     tx_budget: Option<u32>,
+    /// Idle backoff of rxdrop and l2fwd (`xsk_client::IdleBackoff`): after a
+    /// poll that took less than a batch, spin-wait with PAUSE hints, doubling
+    /// from 1 up to 2^N; a poll that takes a whole batch starts over.
+    #[arg(long, default_value_t = IdleBackoff::DEFAULT_MAX_STEP, value_parser = clap::value_parser!(u32).range(0..=16))]
+    idle_backoff: u32,
+    /// Re-poll an empty ring at once (no idle backoff).
+    #[arg(long, conflicts_with = "idle_backoff")]
+    no_idle_backoff: bool,
     /// Seconds counted.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -274,6 +283,8 @@ struct Worker {
     mode: Mode,
     batch: usize,
     busy_poll: bool,
+    /// None: re-poll at once.
+    backoff: Option<IdleBackoff>,
     frame: [u8; TX_FRAME_LEN],
     cpu: Option<usize>,
 }
@@ -309,31 +320,21 @@ impl Worker {
                     break;
                 }
             }
-            match self.mode {
-                Mode::Rxdrop => {
-                    let n = self.sock.receive(self.batch, |_| {});
-                    if n == 0 {
-                        idle += 1;
-                        if self.busy_poll {
-                            sys::kick_rx(self.sock.as_fd());
-                            kicks += 1;
-                        }
-                    }
-                }
-                Mode::Txonly => {
-                    if self.sock.transmit(&batch_frames)? == 0 {
-                        idle += 1;
-                    }
-                }
-                Mode::L2fwd => {
-                    let (n, _) = self.sock.forward(self.batch, swap_macs)?;
-                    if n == 0 {
-                        idle += 1;
-                        if self.busy_poll {
-                            sys::kick_rx(self.sock.as_fd());
-                            kicks += 1;
-                        }
-                    }
+            let n = match self.mode {
+                Mode::Rxdrop => self.sock.receive(self.batch, |_| {}),
+                Mode::Txonly => self.sock.transmit(&batch_frames)?,
+                Mode::L2fwd => self.sock.forward(self.batch, swap_macs)?.0,
+            };
+            if n == 0 {
+                idle += 1;
+            }
+            if self.mode != Mode::Txonly {
+                if n == 0 && self.busy_poll {
+                    // The busy-poll syscall is the wait.
+                    sys::kick_rx(self.sock.as_fd());
+                    kicks += 1;
+                } else if let Some(b) = &mut self.backoff {
+                    b.after_poll(n, self.batch);
                 }
             }
             loops += 1;
@@ -446,6 +447,7 @@ fn run(cli: &Cli) -> Result<Value> {
             mode: cli.mode,
             batch: cli.batch as usize,
             busy_poll: cli.busy_poll.is_some(),
+            backoff: (!cli.no_idle_backoff).then(|| IdleBackoff::with_max_step(cli.idle_backoff)),
             frame,
             cpu: (!cli.cpus.is_empty()).then(|| cli.cpus[i % cli.cpus.len()]),
         };
@@ -526,6 +528,7 @@ fn run(cli: &Cli) -> Result<Value> {
         "need_wakeup": config.need_wakeup,
         "busy_poll": cli.busy_poll,
         "tx_budget": tx_budget,
+        "idle_backoff": (!cli.no_idle_backoff).then_some(cli.idle_backoff),
         "pps": pps.round(),
         "packets": packets,
         "seconds": seconds,
