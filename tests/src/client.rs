@@ -39,6 +39,31 @@ impl ClientProcess {
         ClientProcess::spawn_with_caps(subcommand, socket, args, stdin, None)
     }
 
+    /// Start `xsk-client SUBCOMMAND` as nobody on `queues` queues of
+    /// `ifname` from `start`, with [`TEST_FRAMES`] umem frames unless
+    /// `extra` gives `--frames`, then the `extra` arguments; panics (a test
+    /// helper) if it cannot be started.
+    pub fn spawn_on(
+        subcommand: &str,
+        socket: &Path,
+        ifname: &str,
+        queues: u32,
+        start: u32,
+        extra: &[&str],
+    ) -> ClientProcess {
+        let (q, s, f) = (
+            queues.to_string(),
+            start.to_string(),
+            TEST_FRAMES.to_string(),
+        );
+        let mut args = vec!["--ifname", ifname, "--queues", &q, "--start-queue", &s];
+        if !extra.contains(&"--frames") {
+            args.extend_from_slice(&["--frames", &f]);
+        }
+        args.extend_from_slice(extra);
+        ClientProcess::spawn(subcommand, socket, &args, None).expect("spawning xsk-client")
+    }
+
     /// [`ClientProcess::spawn`], but with `caps` = `Some(list)` the client keeps exactly
     /// those capabilities (see [`spawn_nobody_with_caps`]); `None` is no capability at all.
     pub fn spawn_with_caps(

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::broker::BrokerProcess;
-use crate::client::serial_guard;
+use crate::client::{serial_guard, ClientProcess};
 use crate::testbed::Testbed;
 use crate::unpriv::TempDir;
 
@@ -29,6 +29,25 @@ impl BrokerBed {
     /// helper) when the set-up fails, with the reason.
     pub fn start(test: &str, queues: u32) -> Option<BrokerBed> {
         BrokerBed::start_with_args(test, queues, &[])
+    }
+
+    /// Start an unprivileged `xsk-client SUBCOMMAND` on `queues` queues of
+    /// the test bed's interface from `start`: see [`ClientProcess::spawn_on`].
+    pub fn client(
+        &self,
+        subcommand: &str,
+        queues: u32,
+        start: u32,
+        extra: &[&str],
+    ) -> ClientProcess {
+        ClientProcess::spawn_on(
+            subcommand,
+            self.broker.socket_path(),
+            &self.tb.xsk_if,
+            queues,
+            start,
+            extra,
+        )
     }
 
     /// [`BrokerBed::start`] with extra broker arguments.

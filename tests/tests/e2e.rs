@@ -29,26 +29,6 @@ fn frames_arg() -> String {
     TEST_FRAMES.to_string()
 }
 
-/// Start an unprivileged client on `queues` queues from `start`.
-fn client(env: &BrokerBed, cmd: &str, queues: u32, start: u32, extra: &[&str]) -> ClientProcess {
-    let q = queues.to_string();
-    let s = start.to_string();
-    let f = frames_arg();
-    let mut args = vec![
-        "--ifname",
-        env.tb.xsk_if.as_str(),
-        "--queues",
-        &q,
-        "--start-queue",
-        &s,
-    ];
-    if !extra.contains(&"--frames") {
-        args.extend_from_slice(&["--frames", &f]);
-    }
-    args.extend_from_slice(extra);
-    ClientProcess::spawn(cmd, env.broker.socket_path(), &args, None).expect("spawning xsk-client")
-}
-
 /// Check what a user would check first: the client has no capabilities, runs
 /// as nobody, could not create an AF_XDP socket itself, and got what it asked.
 fn assert_unprivileged(c: &ClientProcess, ready: &Value) {
@@ -88,8 +68,7 @@ fn unprivileged_client_receives_udp_from_peer() {
     const N: u32 = 200;
     // 1024 frames give a 256-entry fill ring: the whole burst fits, so no
     // datagram can be dropped for want of a buffer.
-    let mut c = client(
-        &env,
+    let mut c = env.client(
         "rx",
         1,
         0,
@@ -225,7 +204,7 @@ fn every_queue_carries_traffic(test: &str, queues: u32) {
     let Some(env) = BrokerBed::start(test, queues) else {
         return;
     };
-    let mut c = client(&env, "echo", queues, 0, &["--require-unprivileged"]);
+    let mut c = env.client("echo", queues, 0, &["--require-unprivileged"]);
     let ready = c.wait_event("ready", READY).unwrap();
     assert_unprivileged(&c, &ready);
     let want: Vec<u32> = (0..queues).collect();
@@ -274,7 +253,7 @@ fn skb_mode_echo_roundtrip() {
     let Some(env) = BrokerBed::start("skb_mode_echo_roundtrip", 1) else {
         return;
     };
-    let mut c = client(&env, "echo", 1, 0, &["--mode", "skb"]);
+    let mut c = env.client("echo", 1, 0, &["--mode", "skb"]);
     let ready = c.wait_event("ready", READY).unwrap();
     assert_eq!(ready["mode"], "skb");
     let attached = env.tb.xdp_attachments().unwrap();
@@ -293,11 +272,11 @@ fn leased_queue_is_busy_for_others() {
     let Some(env) = BrokerBed::start("leased_queue_is_busy_for_others", 4) else {
         return;
     };
-    let mut a = client(&env, "echo", 2, 0, &[]);
+    let mut a = env.client("echo", 2, 0, &[]);
     a.wait_event("ready", READY).unwrap();
 
     // The tool, unprivileged: exits 1 with the code and the queue named.
-    let b = client(&env, "rx", 1, 1, &[]);
+    let b = env.client("rx", 1, 1, &[]);
     let (stderr, status) = b.wait_failure(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("queue_busy"), "{stderr}");
@@ -311,7 +290,7 @@ fn leased_queue_is_busy_for_others() {
     assert_eq!(err.broker_code(), Some(ErrorCode::QueueBusy), "{err}");
 
     // Queues nobody holds are still granted.
-    let mut c = client(&env, "rx", 2, 2, &[]);
+    let mut c = env.client("rx", 2, 2, &[]);
     let ready = c.wait_event("ready", READY).unwrap();
     assert_eq!(ready["queues"], serde_json::json!([2, 3]));
     c.stop().unwrap();
@@ -326,7 +305,7 @@ fn sigkill_frees_queues_and_last_lease_detaches() {
         return;
     };
     assert_eq!(env.tb.xdp_prog_id().unwrap(), None);
-    let mut a = client(&env, "echo", 2, 0, &[]);
+    let mut a = env.client("echo", 2, 0, &[]);
     let ready = a.wait_event("ready", READY).unwrap();
     let prog = env.tb.xdp_prog_id().unwrap().expect("XDP program attached");
     assert_eq!(u64::from(prog), ready["program_id"].as_u64().unwrap());

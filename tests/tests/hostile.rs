@@ -16,7 +16,7 @@ use xsk_broker_protocol::{
     StatusRequest, TransportError, MAX_MESSAGE_LEN,
 };
 use xsk_client::BrokerClient;
-use xsk_testbed::{expect_error, BrokerBed, ClientProcess, RawPeer as Raw, TEST_FRAMES};
+use xsk_testbed::{expect_error, wait_until, BrokerBed, RawPeer as Raw};
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -25,17 +25,6 @@ fn open_req(env: &BrokerBed, queues: u32, start: u32) -> Request {
         start_queue: start,
         ..OpenRequest::new(env.tb.xsk_if.clone(), queues)
     })
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Wait until the broker's open fd count is back to `baseline` (connection
@@ -231,21 +220,7 @@ fn thousand_idle_connections_do_not_lock_out_a_good_client() {
 
     // A good client (uid nobody, no capabilities) gets its sockets promptly.
     let started = Instant::now();
-    let frames = TEST_FRAMES.to_string();
-    let mut c = ClientProcess::spawn(
-        "rx",
-        env.broker.socket_path(),
-        &[
-            "--ifname",
-            &env.tb.xsk_if,
-            "--queues",
-            "2",
-            "--frames",
-            &frames,
-        ],
-        None,
-    )
-    .unwrap();
+    let mut c = env.client("rx", 2, 0, &[]);
     let ready = c.wait_event("ready", READY).unwrap();
     let took = started.elapsed();
     eprintln!(
@@ -524,21 +499,7 @@ fn vanished_interface_ends_its_leases_and_the_broker_keeps_serving() {
     let baseline = env.broker.open_fd_count().unwrap();
 
     // An unprivileged datapath on queue 0, and a library lease on queue 1.
-    let frames = TEST_FRAMES.to_string();
-    let mut c = ClientProcess::spawn(
-        "rx",
-        env.broker.socket_path(),
-        &[
-            "--ifname",
-            &env.tb.xsk_if,
-            "--queues",
-            "1",
-            "--frames",
-            &frames,
-        ],
-        None,
-    )
-    .unwrap();
+    let mut c = env.client("rx", 1, 0, &[]);
     c.wait_event("ready", READY).unwrap();
     let lease = BrokerClient::connect(env.broker.socket_path())
         .unwrap()

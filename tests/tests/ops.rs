@@ -77,21 +77,7 @@ fn status_shows_leases_holders_and_statistics_with_traffic() {
     );
 
     let started = Instant::now();
-    let frames = TEST_FRAMES.to_string();
-    let mut c = ClientProcess::spawn(
-        "echo",
-        env.broker.socket_path(),
-        &[
-            "--ifname",
-            &env.tb.xsk_if,
-            "--queues",
-            "2",
-            "--frames",
-            &frames,
-        ],
-        None,
-    )
-    .unwrap();
+    let mut c = env.client("echo", 2, 0, &[]);
     let ready = c.wait_event("ready", READY).unwrap();
     udp_roundtrip(&env.tb, 32, 8, Duration::from_secs(5))
         .unwrap()
