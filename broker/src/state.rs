@@ -1019,13 +1019,7 @@ impl Broker {
                 gid: l.gid,
             };
             let Some(iface) = inner.interfaces.get_mut(&l.ifindex) else {
-                remove_pin(l.map_pin.as_deref());
-                info!(
-                    event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
-                    ifname = %l.ifname, queues = ?l.queues,
-                    "released: its interface or program is gone"
-                );
-                crate::metrics::COUNTERS.release();
+                release_restored(l, "its interface or program is gone");
                 released += 1;
                 continue;
             };
@@ -1065,13 +1059,7 @@ impl Broker {
                             warn!("{e}");
                         }
                     }
-                    remove_pin(l.map_pin.as_deref());
-                    info!(
-                        event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
-                        ifname = %l.ifname, queues = ?l.queues,
-                        "released: the holder exited while the broker was down"
-                    );
-                    crate::metrics::COUNTERS.release();
+                    release_restored(l, "the holder exited while the broker was down");
                     released += 1;
                 }
             }
@@ -1153,6 +1141,18 @@ fn not_recorded(e: persist::StateError) -> ErrorReply {
              (a restart would forget it): {e}"
         ),
     )
+}
+
+/// End a lease of an earlier run at start (its map entries are already gone
+/// or are removed by the caller): remove its map pin, log and count it.
+fn release_restored(l: &persist::LeaseState, why: &str) {
+    remove_pin(l.map_pin.as_deref());
+    info!(
+        event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
+        ifname = %l.ifname, queues = ?l.queues,
+        "released: {why}"
+    );
+    crate::metrics::COUNTERS.release();
 }
 
 fn remove_pin(pin: Option<&Path>) {
