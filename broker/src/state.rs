@@ -413,15 +413,7 @@ impl Broker {
             }
         }
         drop(lease);
-        let unused: Vec<u32> = inner
-            .interfaces
-            .iter()
-            .filter(|(_, i)| i.queues.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        for ifindex in unused {
-            detach_if_unused(&mut inner, ifindex, self.persist.as_ref());
-        }
+        detach_all_unused(&mut inner, self.persist.as_ref());
         let _ = self.save(&inner);
     }
 
@@ -807,6 +799,19 @@ fn create_sockets(iface: &Interface, req: &OpenRequest) -> Result<Vec<(u32, Owne
     }
 }
 
+/// [`detach_if_unused`] for every interface no lease uses any more.
+fn detach_all_unused(inner: &mut Inner, persist: Option<&Persist>) {
+    let unused: Vec<u32> = inner
+        .interfaces
+        .iter()
+        .filter(|(_, i)| i.queues.is_empty())
+        .map(|(k, _)| *k)
+        .collect();
+    for ifindex in unused {
+        detach_if_unused(inner, ifindex, persist);
+    }
+}
+
 fn detach_if_unused(inner: &mut Inner, ifindex: u32, persist: Option<&Persist>) {
     if inner
         .interfaces
@@ -1064,15 +1069,7 @@ impl Broker {
                 }
             }
         }
-        let unused: Vec<u32> = inner
-            .interfaces
-            .iter()
-            .filter(|(_, i)| i.queues.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        for ifindex in unused {
-            detach_if_unused(&mut inner, ifindex, Some(p));
-        }
+        detach_all_unused(&mut inner, Some(p));
         remove_stale_pins(p, &keep_pins);
         let _ = self.save(&inner);
         drop(inner);
