@@ -19,6 +19,11 @@
  *   - l2fwd: reclaim completions, peek as many rx descriptors as the tx ring
  *     has room for (back-pressure), swap the MAC addresses in place, put the
  *     same descriptors on the tx ring, refill, wake rx/tx if asked;
+ *   - rxtx (an experiment, not one of the compared modes): rxdrop on the
+ *     first socket and txonly on socket --tx-queue-index (0: the same
+ *     socket), in one loop on one thread, no idle backoff; counts frames
+ *     transmitted (pps) and received (rx_pps). It shows what receiving on
+ *     a socket costs that socket's copy-mode transmit (docs/BENCHMARKS.md).
  *   - rxdrop and l2fwd idle the way xsk_client::IdleBackoff does: after a
  *     poll that took less than a batch, spin-wait with PAUSE hints, doubling
  *     from 1 up to 2^--idle-backoff (default 7); a full batch starts over
@@ -69,8 +74,8 @@
 #define TX_FRAME_LEN 60u
 #define MAX_QUEUES 64
 
-enum mode { RXDROP, TXONLY, L2FWD };
-static const char *mode_names[] = { "rxdrop", "txonly", "l2fwd" };
+enum mode { RXDROP, TXONLY, L2FWD, RXTX };
+static const char *mode_names[] = { "rxdrop", "txonly", "l2fwd", "rxtx" };
 
 struct opts {
 	enum mode mode;
@@ -80,6 +85,7 @@ struct opts {
 	bool need_wakeup, prefer_busy_poll;
 	int idle_backoff; /* max doubling steps, -1: none */
 	int busy_poll, busy_poll_budget, tx_budget;
+	unsigned tx_queue_index; /* rxtx */
 	double duration, warmup;
 	int cpus[MAX_QUEUES], ncpus;
 	uint8_t dst_mac[6], src_mac[6];
@@ -378,11 +384,58 @@ static void *worker(void *arg)
 		case L2FWD:
 			after_rx_poll(q, l2fwd(q));
 			break;
+		case RXTX: /* runs in rxtx_worker */
+			break;
 		}
 	}
 	q->seconds = now() - t0;
 	socklen_t len = sizeof(q->stats);
 	getsockopt(q->fd, SOL_XDP, XDP_STATISTICS, &q->stats, &len);
+	return NULL;
+}
+
+/* rxtx: rxdrop on qs[0] and txonly on qs[tx_index], one loop, one thread. */
+struct rxtx {
+	struct queue *rx, *tx;
+	double seconds;
+	uint64_t rx_packets, tx_completed;
+};
+
+static void *rxtx_worker(void *arg)
+{
+	struct rxtx *w = arg;
+	if (w->rx->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(w->rx->cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set)) {
+			w->rx->err = errno;
+			return NULL;
+		}
+	}
+	unsigned state = 0;
+	double t0 = now();
+	uint64_t rx0 = 0, tx0 = 0;
+	for (;;) {
+		unsigned p = atomic_load_explicit(&phase, memory_order_relaxed);
+		if (p != state) {
+			state = p;
+			if (p == 1) {
+				rx0 = w->rx->c.rx_packets;
+				tx0 = w->tx->c.tx_completed;
+				t0 = now();
+			} else {
+				break;
+			}
+		}
+		rxdrop(w->rx);
+		txonly(w->tx);
+	}
+	w->seconds = now() - t0;
+	w->rx_packets = w->rx->c.rx_packets - rx0;
+	w->tx_completed = w->tx->c.tx_completed - tx0;
+	socklen_t len = sizeof(w->rx->stats);
+	getsockopt(w->rx->fd, SOL_XDP, XDP_STATISTICS, &w->rx->stats, &len);
 	return NULL;
 }
 
@@ -520,12 +573,12 @@ static int parse_mac(const char *s, uint8_t m[6])
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: xsk-bench-c rxdrop|txonly|l2fwd --sock-fds A[:B...] --ifindex N\n"
+		"usage: xsk-bench-c rxdrop|txonly|l2fwd|rxtx --sock-fds A[:B...] --ifindex N\n"
 		"       [--queues N] [--start-queue Q] [--batch 64] [--frames 2048] [--ring-size N]\n"
 		"       [--no-need-wakeup] [--busy-poll USECS] [--busy-poll-budget N]\n"
 		"       [--prefer-busy-poll] [--duration S] [--warmup S] [--cpus A,B]\n"
 		"       [--dst-mac MAC] [--src-mac MAC] [--label TEXT] [--tx-budget N]\n"
-		"       [--idle-backoff 0..16 | --no-idle-backoff]\n");
+		"       [--idle-backoff 0..16 | --no-idle-backoff] [--tx-queue-index N (rxtx)]\n");
 	exit(2);
 }
 
@@ -546,6 +599,8 @@ int main(int argc, char **argv)
 		o.mode = TXONLY;
 	else if (!strcmp(argv[1], "l2fwd"))
 		o.mode = L2FWD;
+	else if (!strcmp(argv[1], "rxtx"))
+		o.mode = RXTX;
 	else
 		usage();
 	static const struct option lo[] = {
@@ -557,7 +612,7 @@ int main(int argc, char **argv)
 		{ "warmup", 1, 0, 'w' }, { "cpus", 1, 0, 'c' }, { "dst-mac", 1, 0, 'm' },
 		{ "src-mac", 1, 0, 'M' }, { "label", 1, 0, 'l' }, { "tx-budget", 1, 0, 'T' },
 		{ "idle-backoff", 1, 0, 'I' }, { "no-idle-backoff", 0, 0, 'n' },
-		{ 0, 0, 0, 0 },
+		{ "tx-queue-index", 1, 0, 'X' }, { 0, 0, 0, 0 },
 	};
 	int c;
 	optind = 2;
@@ -594,6 +649,7 @@ int main(int argc, char **argv)
 				usage();
 			break;
 		case 'n': o.idle_backoff = -1; break;
+		case 'X': o.tx_queue_index = atoi(optarg); break;
 		default: usage();
 		}
 	}
@@ -627,6 +683,34 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < n; i++)
 		setup(&qs[i], &o);
 
+	if (o.mode == RXTX) {
+		if (o.tx_queue_index >= n) {
+			fprintf(stderr, "xsk-bench-c: --tx-queue-index %u, but only %u sockets\n",
+				o.tx_queue_index, n);
+			return 2;
+		}
+		struct rxtx w = { .rx = &qs[0], .tx = &qs[o.tx_queue_index] };
+		pthread_t wt;
+		pthread_create(&wt, NULL, rxtx_worker, &w);
+		usleep((useconds_t)(o.warmup * 1e6));
+		atomic_store_explicit(&phase, 1, memory_order_relaxed);
+		usleep((useconds_t)(o.duration * 1e6));
+		atomic_store_explicit(&phase, 2, memory_order_relaxed);
+		pthread_join(wt, NULL);
+		if (qs[0].err) {
+			errno = qs[0].err;
+			die("sched_setaffinity");
+		}
+		printf("{\"tool\":\"xsk-bench\",\"impl\":\"c\",\"mode\":\"rxtx\",\"queues\":%u,"
+		       "\"tx_queue_index\":%u,\"batch\":%u,\"frames\":%u,\"ring_size\":%u,"
+		       "\"tx_budget\":%d,\"pps\":%.0f,\"tx_pps\":%.0f,\"rx_pps\":%.0f,"
+		       "\"seconds\":%.6f,\"rx_ring_full\":%llu}\n",
+		       n, o.tx_queue_index, o.batch, o.frames, ring,
+		       o.tx_budget >= 0 ? o.tx_budget : 32, w.tx_completed / w.seconds,
+		       w.tx_completed / w.seconds, w.rx_packets / w.seconds, w.seconds,
+		       (unsigned long long)qs[0].stats.rx_ring_full);
+		return 0;
+	}
 	pthread_t t[MAX_QUEUES];
 	for (unsigned i = 0; i < n; i++)
 		pthread_create(&t[i], NULL, worker, &qs[i]);
