@@ -683,6 +683,10 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < n; i++)
 		setup(&qs[i], &o);
 
+	if (o.mode != RXTX && o.tx_queue_index) {
+		fprintf(stderr, "xsk-bench-c: --tx-queue-index is for the rxtx mode only\n");
+		return 2;
+	}
 	if (o.mode == RXTX) {
 		if (o.tx_queue_index >= n) {
 			fprintf(stderr, "xsk-bench-c: --tx-queue-index %u, but only %u sockets\n",
