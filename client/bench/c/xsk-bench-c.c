@@ -25,9 +25,10 @@
  *     transmitted (pps) and received (rx_pps). It shows what receiving on
  *     a socket costs that socket's copy-mode transmit (docs/BENCHMARKS.md).
  *   - rxdrop and l2fwd idle the way xsk_client::IdleBackoff does: after a
- *     poll that took less than a batch, spin-wait with PAUSE hints, doubling
- *     from 1 up to 2^--idle-backoff (default 7); a full batch starts over
- *     (--no-idle-backoff: re-poll at once).
+ *     poll that took less than a batch, spin-wait (PAUSE between clock
+ *     reads) until 8 ns << step have passed since that poll began, the step
+ *     growing from 0 up to --idle-backoff (default 8: 2.048 us); a full
+ *     batch starts over (--no-idle-backoff: re-poll at once).
  *
  * Like any program on libxdp, it leaves the kernel's copy-mode transmit
  * budget at 32 frames per sendto unless given --tx-budget (xsk_client raises
@@ -109,6 +110,7 @@ struct queue {
 	bool need_wakeup, busy_poll;
 	int backoff_max; /* -1: no backoff */
 	unsigned backoff_step;
+	uint64_t poll_began; /* ns, CLOCK_MONOTONIC; 0: none */
 	enum mode mode;
 	uint8_t frame[TX_FRAME_LEN];
 	struct counters c, start;
@@ -246,15 +248,30 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* After a poll that took n of the batch: wait if the ring was drained. */
+static inline uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* After a poll that took n of the batch: if the ring was drained, spin until
+ * 8 ns << step have passed since that poll began (the end of the previous
+ * wait; 0 after a full batch: count from now), as xsk_client::IdleBackoff. */
 static inline void backoff_after_poll(struct queue *q, uint32_t n)
 {
 	if (n >= q->batch) {
 		q->backoff_step = 0;
+		q->poll_began = 0;
 		return;
 	}
-	for (uint32_t i = 0; i < (1u << q->backoff_step); i++)
+	uint64_t now = monotonic_ns();
+	uint64_t until = (q->poll_began ? q->poll_began : now) + (8ull << q->backoff_step);
+	while (now < until) {
 		cpu_relax();
+		now = monotonic_ns();
+	}
+	q->poll_began = now;
 	if ((int)q->backoff_step < q->backoff_max)
 		q->backoff_step++;
 }
@@ -587,7 +604,7 @@ int main(int argc, char **argv)
 	struct opts o = {
 		.queues = 1, .batch = 64, .frames = 2048, .need_wakeup = true,
 		.busy_poll = -1, .busy_poll_budget = -1, .tx_budget = -1, .duration = 5, .warmup = 1,
-		.idle_backoff = 7,
+		.idle_backoff = 8,
 		.ifindex = -1, .dst_mac = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff },
 		.src_mac = { 2, 0, 0, 0, 0, 1 },
 	};

@@ -106,8 +106,9 @@ struct Cli {
     #[arg(long)]
     tx_budget: Option<u32>,
     /// Idle backoff of rxdrop and l2fwd (`xsk_client::IdleBackoff`): after a
-    /// poll that took less than a batch, spin-wait with PAUSE hints, doubling
-    /// from 1 up to 2^N; a poll that takes a whole batch starts over.
+    /// poll that took less than a batch, spin-wait until 8 ns << step have
+    /// passed since that poll began, the step growing up to N (8: 2.048 µs);
+    /// a poll that takes a whole batch starts over.
     #[arg(long, default_value_t = IdleBackoff::DEFAULT_MAX_STEP, value_parser = clap::value_parser!(u32).range(0..=16))]
     idle_backoff: u32,
     /// Re-poll an empty ring at once (no idle backoff).
