@@ -540,14 +540,28 @@ fn map_lease_and_its_pin_survive_a_restart() {
 /// and no program, pin or reservation is left.
 #[test]
 fn a_grant_that_cannot_be_recorded_is_refused() {
-    use std::os::unix::fs::PermissionsExt;
     let Some(env) = Env::new("a_grant_that_cannot_be_recorded_is_refused") else {
         return;
     };
+    refused_while_state_unwritable(&env, || env.try_open(2, 0));
+    let lease = env
+        .try_open(2, 0)
+        .expect("granted once the state can be written");
+    drop(lease);
+}
+
+/// Make the state directory unwritable, ask for a grant with `open`, and
+/// restore the directory: the grant must be refused with `internal` naming
+/// the lease record, and leave no program attached and no program pin.
+fn refused_while_state_unwritable<T: std::fmt::Debug>(
+    env: &Env,
+    open: impl Fn() -> Result<T, xsk_client::Error>,
+) {
+    use std::os::unix::fs::PermissionsExt;
     // The broker runs as root without CAP_DAC_OVERRIDE: mode 0500 stops it.
     let mode = |m| std::fs::set_permissions(env.state_dir(), PermissionsExt::from_mode(m));
     mode(0o500).unwrap();
-    let err = env.try_open(2, 0).expect_err("must be refused");
+    let err = open().expect_err("must be refused");
     mode(0o700).unwrap();
     assert_eq!(err.broker_code(), Some(ErrorCode::Internal), "{err}");
     assert!(
@@ -556,17 +570,12 @@ fn a_grant_that_cannot_be_recorded_is_refused() {
     );
     assert_eq!(env.tb.xdp_prog_id().unwrap(), None, "nothing left attached");
     assert_eq!(env.pins(), Vec::<String>::new());
-    let lease = env
-        .try_open(2, 0)
-        .expect("granted once the state can be written");
-    drop(lease);
 }
 
 /// The same for the map flow: a map lease whose state cannot be saved is
 /// refused and leaves no program, program pin or map pin behind.
 #[test]
 fn a_map_grant_that_cannot_be_recorded_is_refused() {
-    use std::os::unix::fs::PermissionsExt;
     let Some(env) = Env::with_maps("a_map_grant_that_cannot_be_recorded_is_refused", true) else {
         return;
     };
@@ -584,17 +593,7 @@ fn a_map_grant_that_cannot_be_recorded_is_refused() {
         req.pin = true;
         BrokerClient::connect(env.socket())?.open_map(req)
     };
-    let mode = |m| std::fs::set_permissions(env.state_dir(), PermissionsExt::from_mode(m));
-    mode(0o500).unwrap();
-    let err = open_map().expect_err("must be refused");
-    mode(0o700).unwrap();
-    assert_eq!(err.broker_code(), Some(ErrorCode::Internal), "{err}");
-    assert!(
-        err.to_string().contains("could not record the lease"),
-        "{err}"
-    );
-    assert_eq!(env.tb.xdp_prog_id().unwrap(), None, "nothing left attached");
-    assert_eq!(env.pins(), Vec::<String>::new());
+    refused_while_state_unwritable(&env, open_map);
     assert_eq!(map_pins(), Vec::<String>::new(), "no map pin left");
     let lease = open_map().expect("granted once the state can be written");
     assert_eq!(map_pins().len(), 1, "the granted lease's pin");
