@@ -365,18 +365,22 @@ static inline void after_rx_poll(struct queue *q, uint32_t n)
 	}
 }
 
+/* Pin the calling thread to `cpu` (none if negative); 0 or the errno. */
+static int pin_self(int cpu)
+{
+	if (cpu < 0)
+		return 0;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) ? errno : 0;
+}
+
 static void *worker(void *arg)
 {
 	struct queue *q = arg;
-	if (q->cpu >= 0) {
-		cpu_set_t set;
-		CPU_ZERO(&set);
-		CPU_SET(q->cpu, &set);
-		if (sched_setaffinity(0, sizeof(set), &set)) {
-			q->err = errno;
-			return NULL;
-		}
-	}
+	if ((q->err = pin_self(q->cpu)))
+		return NULL;
 	unsigned state = 0;
 	double t0 = now();
 	for (;;) {
@@ -421,15 +425,8 @@ struct rxtx {
 static void *rxtx_worker(void *arg)
 {
 	struct rxtx *w = arg;
-	if (w->rx->cpu >= 0) {
-		cpu_set_t set;
-		CPU_ZERO(&set);
-		CPU_SET(w->rx->cpu, &set);
-		if (sched_setaffinity(0, sizeof(set), &set)) {
-			w->rx->err = errno;
-			return NULL;
-		}
-	}
+	if ((w->rx->err = pin_self(w->rx->cpu)))
+		return NULL;
 	unsigned state = 0;
 	double t0 = now();
 	uint64_t rx0 = 0, tx0 = 0;
