@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// every frame on its own (generic, skb-mode XDP), that costs the kernel a
 /// cross-core transfer per frame. Waiting a little lets frames accumulate,
 /// so each poll takes more of them for the same transfers. On the 2-vCPU VM
-/// of `docs/BENCHMARKS.md`, skb-mode rxdrop ran about 1.7 times faster with
+/// of `docs/BENCHMARKS.md`, skb-mode rxdrop ran about 1.8 times faster with
 /// the default backoff than with a tight loop; see that file for every mode.
 ///
 /// Why by time, and from the start of the poll: the spacing of the polls
