@@ -365,6 +365,15 @@ static inline void after_rx_poll(struct queue *q, uint32_t n)
 	}
 }
 
+/* Let the workers warm up, count for --duration, then tell them to stop. */
+static void run_phases(const struct opts *o)
+{
+	usleep((useconds_t)(o->warmup * 1e6));
+	atomic_store_explicit(&phase, 1, memory_order_relaxed);
+	usleep((useconds_t)(o->duration * 1e6));
+	atomic_store_explicit(&phase, 2, memory_order_relaxed);
+}
+
 /* Pin the calling thread to `cpu` (none if negative); 0 or the errno. */
 static int pin_self(int cpu)
 {
@@ -710,10 +719,7 @@ int main(int argc, char **argv)
 		struct rxtx w = { .rx = &qs[0], .tx = &qs[o.tx_queue_index] };
 		pthread_t wt;
 		pthread_create(&wt, NULL, rxtx_worker, &w);
-		usleep((useconds_t)(o.warmup * 1e6));
-		atomic_store_explicit(&phase, 1, memory_order_relaxed);
-		usleep((useconds_t)(o.duration * 1e6));
-		atomic_store_explicit(&phase, 2, memory_order_relaxed);
+		run_phases(&o);
 		pthread_join(wt, NULL);
 		if (qs[0].err) {
 			errno = qs[0].err;
@@ -732,10 +738,7 @@ int main(int argc, char **argv)
 	pthread_t t[MAX_QUEUES];
 	for (unsigned i = 0; i < n; i++)
 		pthread_create(&t[i], NULL, worker, &qs[i]);
-	usleep((useconds_t)(o.warmup * 1e6));
-	atomic_store_explicit(&phase, 1, memory_order_relaxed);
-	usleep((useconds_t)(o.duration * 1e6));
-	atomic_store_explicit(&phase, 2, memory_order_relaxed);
+	run_phases(&o);
 	for (unsigned i = 0; i < n; i++) {
 		pthread_join(t[i], NULL);
 		if (qs[i].err) {
