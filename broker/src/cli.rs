@@ -138,6 +138,21 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_queues_per_lease: u32,
 
+    /// Most queues one uid may hold at once over all its leases, sockets and
+    /// map leases together (`not_permitted` beyond).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_queues_per_uid: usize,
+
+    /// Connections, out of --max-connections, that only root may take: no
+    /// mix of other users' connections can lock the administrator out.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub reserved_root_connections: usize,
+
+    /// Peers in this group (primary or supplementary) see every lease in
+    /// `status`; others see only their own leases. Root always sees all.
+    #[arg(long, value_name = "GROUP")]
+    pub status_group: Option<String>,
+
     /// Seconds a connection without a lease may stay open without sending a
     /// complete request, and that any one message may take from its first
     /// byte to its last; such connections get an error and are closed. A
@@ -179,7 +194,7 @@ pub fn check_loopback(addr: std::net::SocketAddr) -> Result<(), String> {
 /// How log lines are written.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
-    /// Readable lines (colored when standard error is a terminal).
+    /// Readable lines (control characters from peers escaped, no colours).
     Human,
     /// One JSON object per line.
     Json,
