@@ -9,11 +9,13 @@
 mod activation;
 mod cli;
 mod limits;
+mod logsafe;
 mod metrics;
 mod peercred;
 mod persist;
 mod policy;
 mod privs;
+mod probe;
 mod server;
 mod state;
 mod xdp;
@@ -28,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{Args, LogFormat};
 use nix::sys::signal::{SigSet, Signal};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Check that `dir` is (or can be made) a directory on a bpffs, and make it
 /// mode 0711: clients may open pins by name but not list them.
@@ -85,11 +87,10 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(logsafe::stderr);
     match format {
-        LogFormat::Human => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        // No colours: the writer escapes every control character, ESC included.
+        LogFormat::Human => builder.with_ansi(false).init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -287,6 +288,10 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         Some(path) => policy::Policy::load(path)?,
         None => policy::Policy::root_only(),
     };
+    let policy = match &args.status_group {
+        Some(g) => policy.with_status_group(g)?,
+        None => policy,
+    };
     if let Some(dir) = &args.bpffs_dir {
         if !permitted.contains(&caps::Capability::CAP_CHOWN) {
             bail!(
@@ -338,7 +343,18 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
     );
 
     let limits = limits_from(&args)?;
-    let broker = Arc::new(state::Broker::new(args.bpffs_dir.clone(), persist).with_limits(limits));
+    let broker = state::Broker::new(args.bpffs_dir.clone(), persist).with_limits(limits);
+    let broker = Arc::new(match probe::QueueProbe::open() {
+        Ok(p) => broker.with_queue_probe(p),
+        Err(e) => {
+            warn!(
+                "cannot check queues for AF_XDP sockets left bound by earlier holders: {e}; a \
+                 queue whose previous holder keeps its bound socket will be granted and the new \
+                 holder's bind will fail with EBUSY"
+            );
+            broker
+        }
+    });
     if args.state_dir.is_some() {
         let (kept, released) = broker
             .restore()
@@ -387,6 +403,8 @@ fn limits_from(args: &Args) -> Result<limits::Limits> {
         max_connections_per_uid: args.max_connections_per_uid,
         max_leases_per_uid: args.max_leases_per_uid,
         max_queues_per_lease: args.max_queues_per_lease,
+        max_queues_per_uid: args.max_queues_per_uid,
+        reserved_root_connections: args.reserved_root_connections,
         idle_timeout: std::time::Duration::from_secs_f64(args.idle_timeout),
     };
     limits.check().map_err(anyhow::Error::msg)?;
@@ -408,6 +426,8 @@ fn limits_from(args: &Args) -> Result<limits::Limits> {
         max_connections_per_uid = limits.max_connections_per_uid,
         max_leases_per_uid = limits.max_leases_per_uid,
         max_queues_per_lease = limits.max_queues_per_lease,
+        max_queues_per_uid = limits.max_queues_per_uid,
+        reserved_root_connections = limits.reserved_root_connections,
         idle_timeout_s = limits.idle_timeout.as_secs_f64(),
         nofile = hard,
         "limits"

@@ -134,7 +134,7 @@ pub fn render(broker: &Broker, started: Instant) -> String {
         }
     }
 
-    let leases = broker.lease_status();
+    let leases = broker.lease_status(None);
     family(&mut o, "xsk_broker_leases", "gauge", "Leases held now.");
     let _ = writeln!(o, "xsk_broker_leases {}", leases.len());
     family(

@@ -50,6 +50,9 @@ pub enum PolicyError {
         /// What is wrong, naming the rule and field.
         reason: String,
     },
+    /// `--status-group` names no group.
+    #[error("--status-group {0:?}: no such group")]
+    UnknownGroup(String),
 }
 
 #[derive(Deserialize)]
@@ -100,6 +103,8 @@ struct Rule {
 pub struct Policy {
     source: Option<PathBuf>,
     rules: Vec<Rule>,
+    /// Members of this group see every lease in `status` (`--status-group`).
+    status_gid: Option<u32>,
 }
 
 /// The peer asking, from its socket credentials.
@@ -190,6 +195,7 @@ impl Policy {
         Policy {
             source: None,
             rules: Vec::new(),
+            status_gid: None,
         }
     }
 
@@ -276,7 +282,29 @@ impl Policy {
         Ok(Policy {
             source: Some(path.to_owned()),
             rules,
+            status_gid: None,
         })
+    }
+
+    /// Let members of `group` (a name, resolved now) see every lease in
+    /// `status`.
+    pub fn with_status_group(mut self, group: &str) -> Result<Policy, PolicyError> {
+        match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => {
+                self.status_gid = Some(g.gid.as_raw());
+                Ok(self)
+            }
+            _ => Err(PolicyError::UnknownGroup(group.to_owned())),
+        }
+    }
+
+    /// Whether `who` sees every tenant's leases in `status` (root, or a
+    /// member of `--status-group`); others see only their own.
+    pub fn sees_all_leases(&self, who: &Identity) -> bool {
+        who.uid == 0
+            || self
+                .status_gid
+                .is_some_and(|g| who.gid == g || who.groups.contains(&g))
     }
 
     /// A one-line description for the start-up log.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
-    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, Request, Response, StatusReply,
-    TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, OpenMapRequest, OpenRequest,
+    Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::peercred::peer_of;
@@ -62,6 +62,10 @@ struct Connection {
     peer: Peer,
     greeted: bool,
     lease: Option<Lease>,
+    /// The lease this connection once held and ended, if any: a connection
+    /// is granted at most once (its credentials were taken at connect, and
+    /// may no longer be those of whoever holds it now).
+    ended: Option<String>,
 }
 
 impl Connection {
@@ -75,6 +79,7 @@ impl Connection {
             peer,
             greeted: false,
             lease: None,
+            ended: None,
         }
     }
 
@@ -169,6 +174,10 @@ impl Connection {
                 true
             }
             Request::Open(req) => {
+                let req = match self.canonical(req.ifname.clone()) {
+                    Ok(ifname) => OpenRequest { ifname, ..req },
+                    Err(e) => return self.refuse(&req.ifname, e),
+                };
                 let ask = Ask::Sockets {
                     ifname: &req.ifname,
                     queues: req.queues,
@@ -204,6 +213,10 @@ impl Connection {
                 self.send(&Response::Released { queues }, &[])
             }
             Request::OpenMap(req) => {
+                let req = match self.canonical(req.ifname.clone()) {
+                    Ok(ifname) => OpenMapRequest { ifname, ..req },
+                    Err(e) => return self.refuse(&req.ifname, e),
+                };
                 let ask = Ask::Map {
                     ifname: &req.ifname,
                     queues: req.queues,
@@ -237,7 +250,8 @@ impl Connection {
                 if let Err(e) = self.policy.check(&self.identity, Ask::Status) {
                     return self.refuse("-", e);
                 }
-                let reply = status_reply(&self.broker);
+                let only = (!self.policy.sees_all_leases(&self.identity)).then_some(self.peer.uid);
+                let reply = status_reply(&self.broker, only);
                 self.send(&Response::Status(reply), &[])
             }
         }
@@ -256,7 +270,30 @@ impl Connection {
                 ),
             ));
         }
+        if let Some(ended) = &self.ended {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this connection already had a lease ({ended}), which ended; a connection \
+                     is granted once (the broker knows its holder only as it was at connect): \
+                     open a new connection for a new lease"
+                ),
+            ));
+        }
         self.policy.check(&self.identity, ask)
+    }
+
+    /// The canonical name of the interface a peer named (by its name or an
+    /// alternative name): what the policy, the logs and the reply use.
+    fn canonical(&self, asked: String) -> Result<String, ErrorReply> {
+        let (ifindex, canonical) = crate::state::resolve_interface(&asked)?;
+        if canonical != asked {
+            debug!(
+                pid = self.peer.pid, asked = ?asked, ifname = %canonical, ifindex,
+                "resolved an alternative interface name"
+            );
+        }
+        Ok(canonical)
     }
 
     /// Log a refusal with the peer's identity and answer it; keeps the connection.
@@ -272,6 +309,7 @@ impl Connection {
 
     fn end_lease(&mut self, why: &str) {
         if let Some(lease) = self.lease.take() {
+            self.ended = Some(lease.describe());
             let p = self.peer;
             info!(
                 event = "release", pid = p.pid, uid = p.uid, gid = p.gid,
@@ -300,8 +338,9 @@ impl Connection {
 }
 
 /// Build a status reply that fits the message size limit: if every lease does
-/// not fit, the newest are left out and counted in `omitted_leases`.
-fn status_reply(broker: &Broker) -> StatusReply {
+/// not fit, the newest are left out and counted in `omitted_leases`. With
+/// `only_uid`, only that uid's leases are shown.
+fn status_reply(broker: &Broker, only_uid: Option<u32>) -> StatusReply {
     let mut reply = StatusReply {
         server: format!("xsk-brokerd/{}", env!("CARGO_PKG_VERSION")),
         pid: std::process::id(),
@@ -311,7 +350,7 @@ fn status_reply(broker: &Broker) -> StatusReply {
         leases: Vec::new(),
         omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
     };
-    let leases = broker.lease_status();
+    let leases = broker.lease_status(only_uid);
     // `{...,"leases":[a,b,c],...}`: the envelope plus each lease and a comma.
     let mut size =
         serde_json::to_vec(&Response::Status(reply.clone())).map_or(MAX_MESSAGE_LEN, |b| b.len());

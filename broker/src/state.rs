@@ -16,6 +16,7 @@ use xsk_broker_protocol::{
 
 use crate::limits::{Connections, Limits};
 use crate::persist::{self, InterfaceState, LeaseKind, LeaseState, StateDir, StateFile};
+use crate::probe;
 use crate::xdp::{self, XskProgram};
 
 /// Identifies a lease (one control connection's grant).
@@ -156,6 +157,9 @@ struct Inner {
     next_lease: LeaseId,
     /// Every granted lease by id (so oldest first).
     leases: BTreeMap<LeaseId, LeaseRecord>,
+    /// The last holder of each (ifindex, queue) whose lease ended, to name
+    /// it when a socket it kept bound still holds the queue.
+    previous: HashMap<(u32, u32), Peer>,
 }
 
 /// The broker's shared state.
@@ -170,6 +174,9 @@ pub struct Broker {
     connections: Arc<Connections>,
     /// Where the state survives a restart (`--state-dir`, `--pin-dir`).
     persist: Option<Persist>,
+    /// Asks the kernel whether a queue has an AF_XDP socket bound; None
+    /// where the kernel cannot tell (then only the lease table is checked).
+    probe: Option<probe::QueueProbe>,
 }
 
 /// The state file and the bpffs directory where each attached program and
@@ -213,6 +220,13 @@ impl Broker {
         self
     }
 
+    /// Check with `probe` that a queue has no AF_XDP socket bound before
+    /// granting it.
+    pub fn with_queue_probe(mut self, probe: probe::QueueProbe) -> Broker {
+        self.probe = Some(probe);
+        self
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -232,6 +246,22 @@ impl Broker {
             .values()
             .filter(|l| l.peer.uid == peer.uid)
             .count();
+        let held_queues: usize = inner
+            .leases
+            .values()
+            .filter(|l| l.peer.uid == peer.uid)
+            .map(|l| l.sockets.len() + l.map_queues.len())
+            .sum();
+        if held_queues + queues as usize > self.limits.max_queues_per_uid {
+            return Err(err(
+                ErrorCode::NotPermitted,
+                format!(
+                    "uid {} holds {held_queues} queue(s) and asked for {queues} more; one user \
+                     may hold at most {} (--max-queues-per-uid {}); release some first",
+                    peer.uid, self.limits.max_queues_per_uid, self.limits.max_queues_per_uid
+                ),
+            ));
+        }
         if held >= self.limits.max_leases_per_uid {
             return Err(err(
                 ErrorCode::NotPermitted,
@@ -301,6 +331,7 @@ impl Broker {
                     ended += 1;
                 }
             }
+            inner.previous.retain(|(i, _), _| *i != ifindex);
             // The program went with the device; close the broker's handles
             // without trying to detach.
             if let Some(p) = &self.persist {
@@ -331,6 +362,7 @@ impl Broker {
             check_free(iface, req)?;
             check_mode(req, iface.program.mode())?;
         }
+        check_unbound(&inner, self.probe.as_ref(), ifindex, req)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
         let (iface, newly_attached) = match inner.interfaces.entry(ifindex) {
@@ -395,8 +427,22 @@ impl Broker {
     /// End a lease: clear its map entries, close the broker's copies of its
     /// sockets, and detach the program if no lease uses the interface any more.
     pub fn release(&self, lease: Lease) {
+        // A holder that kept an unbound socket of this lease must not bind it
+        // to the interface once the queue is someone else's.
+        for (q, fd) in &lease.sockets {
+            if let Err(e) = probe::confine_to_loopback(fd.as_fd()) {
+                warn!(
+                    "cannot confine the released socket of queue {q} of {} to lo: {e}",
+                    lease.ifname
+                );
+            }
+        }
         let mut inner = self.lock();
-        inner.leases.remove(&lease.id);
+        if let Some(rec) = inner.leases.remove(&lease.id) {
+            for q in lease.queues() {
+                inner.previous.insert((lease.ifindex, q), rec.peer);
+            }
+        }
         if let Some(iface) = inner.interfaces.get_mut(&lease.ifindex) {
             for q in &lease.queues() {
                 if iface.queues.get(q).map(|(id, _)| *id) == Some(lease.id) {
@@ -418,12 +464,14 @@ impl Broker {
     }
 
     /// Every lease, oldest first, with each socket's kernel statistics read
-    /// on the broker's own copy of its fd.
-    pub fn lease_status(&self) -> Vec<LeaseStatus> {
+    /// on the broker's own copy of its fd; only those of uid `only_uid` when
+    /// given (a peer that may not see the other tenants).
+    pub fn lease_status(&self, only_uid: Option<u32>) -> Vec<LeaseStatus> {
         let inner = self.lock();
         inner
             .leases
             .iter()
+            .filter(|(_, rec)| only_uid.is_none_or(|uid| rec.peer.uid == uid))
             .map(|(id, rec)| {
                 let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
                 LeaseStatus {
@@ -505,6 +553,7 @@ impl Broker {
             check_free(iface, &req)?;
             check_mode(&req, iface.program.mode())?;
         }
+        check_unbound(&inner, self.probe.as_ref(), ifindex, &req)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
         let newly_attached = !inner.interfaces.contains_key(&ifindex);
@@ -582,19 +631,50 @@ impl Broker {
     }
 }
 
-/// The interface's index and queue counts, with the asked-for queues checked
-/// against the device.
-fn check_queues(req: &OpenRequest) -> Result<(u32, xdp::QueueCounts), ErrorReply> {
-    let ifindex = nix::net::if_::if_nametoindex(req.ifname.as_str()).map_err(|e| {
-        err(
+/// Resolve an interface name a peer sent (its name or one of its alternative
+/// names) to its index and canonical name. Policy, logs and replies use the
+/// canonical name only: an altname never stands for the interface there.
+pub fn resolve_interface(name: &str) -> Result<(u32, String), ErrorReply> {
+    xsk_broker_protocol::message::validate_ifname(name)?;
+    let lookup = |e: nix::errno::Errno| match e {
+        nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO => err(
             ErrorCode::NoSuchInterface,
             format!(
-                "interface {:?} not found in the broker's network namespace ({e}); \
-                 check the name with `ip link`",
+                "interface {name:?} not found in the broker's network namespace ({e}); check \
+                 the name with `ip link`"
+            ),
+        ),
+        e => err(
+            ErrorCode::Internal,
+            format!(
+                "cannot look up interface {name:?}: {} ({e}); try again",
+                e.desc()
+            ),
+        ),
+    };
+    let ifindex = nix::net::if_::if_nametoindex(name).map_err(lookup)?;
+    let canonical = nix::net::if_::if_indextoname(ifindex)
+        .map_err(lookup)?
+        .to_string_lossy()
+        .into_owned();
+    Ok((ifindex, canonical))
+}
+
+/// The interface's index and queue counts, with the asked-for queues checked
+/// against the device. `req.ifname` must be the interface's canonical name
+/// (see [`resolve_interface`]).
+fn check_queues(req: &OpenRequest) -> Result<(u32, xdp::QueueCounts), ErrorReply> {
+    let (ifindex, canonical) = resolve_interface(&req.ifname)?;
+    if canonical != req.ifname {
+        return Err(err(
+            ErrorCode::NoSuchInterface,
+            format!(
+                "{:?} names interface {canonical} (ifindex {ifindex}) by another name, or it \
+                 was renamed meanwhile; ask for {canonical}",
                 req.ifname
             ),
-        )
-    })?;
+        ));
+    }
     let counts = xdp::queue_counts(&req.ifname).map_err(|e| {
         err(
             ErrorCode::Internal,
@@ -630,6 +710,54 @@ fn check_free(iface: &Interface, req: &OpenRequest) -> Result<(), ErrorReply> {
                     req.ifname, holder.pid, holder.uid
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse if an AF_XDP socket is still bound to any asked-for queue (a
+/// holder whose lease ended but who kept its bound socket, or a program the
+/// broker does not know), as the kernel reports it ([`probe::QueueProbe`]).
+/// Names the queue's previous holder when known.
+fn check_unbound(
+    inner: &Inner,
+    probe: Option<&probe::QueueProbe>,
+    ifindex: u32,
+    req: &OpenRequest,
+) -> Result<(), ErrorReply> {
+    let Some(probe) = probe else {
+        return Ok(());
+    };
+    for q in req.queue_ids() {
+        match probe.queue_use(ifindex, q) {
+            Ok(probe::QueueUse::Free) => {}
+            Ok(probe::QueueUse::Bound) => {
+                let by = match inner.previous.get(&(ifindex, q)) {
+                    Some(p) => format!(
+                        "its previous holder (pid {}, uid {}) still has a socket bound to it \
+                         although its lease ended",
+                        p.pid, p.uid
+                    ),
+                    None => "an AF_XDP socket the broker did not grant is bound to it".to_owned(),
+                };
+                return Err(err(
+                    ErrorCode::QueueBusy,
+                    format!(
+                        "queue {q} of {} is not free: {by}; ask for other queues, or wait until \
+                         that socket is closed",
+                        req.ifname
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    ErrorCode::Internal,
+                    format!(
+                        "cannot check that queue {q} of {} is free: {e}; try again",
+                        req.ifname
+                    ),
+                ))
+            }
         }
     }
     Ok(())
