@@ -1192,6 +1192,9 @@ impl Broker {
                             warn!("{e}");
                         }
                     }
+                    for q in &l.queues {
+                        inner.previous.insert((l.ifindex, *q), peer);
+                    }
                     release_restored(l, "the holder exited while the broker was down");
                     released += 1;
                 }
