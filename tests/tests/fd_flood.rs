@@ -264,8 +264,49 @@ fn fd_flood_does_not_exhaust_the_broker() {
     }
     let log = broker.log();
     assert!(
+        log.contains("open-file budget: "),
+        "the start log must state the fd budget:\n{log}"
+    );
+    assert!(
         !log.contains("Too many open files"),
         "the broker ran out of fds:\n{log}"
     );
     assert!(!log.contains("EMFILE"), "the broker ran out of fds:\n{log}");
+}
+
+/// Limits whose connections alone cannot fit the open-file limit are refused
+/// at start, naming the options; the broker never starts only to run out of
+/// fds later.
+#[test]
+fn limits_past_the_open_file_limit_are_refused_at_start() {
+    if !require_root("limits_past_the_open_file_limit_are_refused_at_start") {
+        return;
+    }
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    // Two fds per connection (its stream, and the broker's duplicate while it
+    // holds a lease) plus the reserve: this many connections cannot fit.
+    let too_many = (hard / 2).to_string();
+    let _lock = serial_guard().expect("e2e lock");
+    let tb = Testbed::new(1).expect("building the veth test bed");
+    let dir = TempDir::new("xsk-e2e").expect("temp dir");
+    let err = BrokerProcess::spawn_with_args(
+        &tb.xsk,
+        dir.path(),
+        &[
+            "--max-connections",
+            &too_many,
+            "--max-connections-per-uid",
+            "16",
+        ],
+    )
+    .expect_err("the broker must refuse to start");
+    let err = format!("{err:#}");
+    for needle in [
+        format!("(RLIMIT_NOFILE hard limit {hard}) is too low for --max-connections {too_many}"),
+        "LimitNOFILE=".to_owned(),
+        format!("lower --max-connections to at most {}", (hard - 64) / 2),
+    ] {
+        assert!(err.contains(&needle), "{err}\nlacks {needle:?}");
+    }
 }
