@@ -79,16 +79,26 @@ impl AcceptFailures {
         }
     }
 
-    fn report(&mut self, e: &std::io::Error) {
-        if self.last.is_some_and(|t| t.elapsed() < ACCEPT_REPORT_EVERY) {
+    /// Whether a failure at `now` is to be logged: `Some(failures not
+    /// logged since the last report)`, or `None` (counted, not logged).
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < ACCEPT_REPORT_EVERY)
+        {
             self.suppressed += 1;
-            return;
+            return None;
         }
-        let again = match std::mem::take(&mut self.suppressed) {
-            0 => String::new(),
-            n => format!(" ({n} more failures since the last report)"),
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    fn report(&mut self, e: &std::io::Error) {
+        let again = match self.due(std::time::Instant::now()) {
+            None => return,
+            Some(0) => String::new(),
+            Some(n) => format!(" ({n} more failures since the last report)"),
         };
-        self.last = Some(std::time::Instant::now());
         let errno = e.raw_os_error().unwrap_or(0);
         if errno == libc::EMFILE || errno == libc::ENFILE {
             // Counting needs an fd of its own: give up the spare for it.
@@ -470,5 +480,22 @@ impl Connection {
                  closing the connection"
             ),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_reported_at_most_every_ten_seconds() {
+        let mut f = AcceptFailures::new();
+        let t0 = std::time::Instant::now();
+        assert_eq!(f.due(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(f.due(t0 + std::time::Duration::from_secs(i)), None);
+        }
+        assert_eq!(f.due(t0 + ACCEPT_REPORT_EVERY), Some(5));
+        assert_eq!(f.due(t0 + ACCEPT_REPORT_EVERY), None);
     }
 }

@@ -11,6 +11,7 @@
 //! and the broker must never log `Too many open files`.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -309,4 +310,91 @@ fn limits_past_the_open_file_limit_are_refused_at_start() {
     ] {
         assert!(err.contains(&needle), "{err}\nlacks {needle:?}");
     }
+}
+
+/// Set the open-file limits of process `pid` (`prlimit(2)`).
+fn set_nofile(pid: u32, soft: u64, hard: u64) {
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `new` is a valid rlimit; no old value is asked for.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "prlimit({pid}, RLIMIT_NOFILE): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A broker whose fd table is full (its limit lowered from outside) says
+/// so once, naming EMFILE, its fds and limit and the options, not once per
+/// retry; it serves again once fds are free.
+#[test]
+fn accept_out_of_fds_is_logged_once_as_what_it_is() {
+    if !require_root("accept_out_of_fds_is_logged_once_as_what_it_is") {
+        return;
+    }
+    let _lock = serial_guard().expect("e2e lock");
+    let tb = Testbed::new(1).expect("building the veth test bed");
+    let dir = TempDir::new("xsk-e2e").expect("temp dir");
+    let broker =
+        BrokerProcess::spawn_with_args(&tb.xsk, dir.path(), &[]).expect("starting xsk-brokerd");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    // Room for one more fd: the lowest free number, and none above it.
+    let open: Vec<u64> = broker
+        .open_fds()
+        .unwrap()
+        .iter()
+        .map(|(fd, _)| u64::from(*fd))
+        .collect();
+    let free = (0..).find(|n| !open.contains(n)).unwrap();
+    let limit = free + 1;
+    set_nofile(broker.pid(), limit, hard);
+    let waiting: Vec<UnixStream> = (0..50)
+        .map(|_| UnixStream::connect(broker.socket_path()).unwrap())
+        .collect();
+    let line = wait_until("the broker to log EMFILE", Duration::from_secs(5), || {
+        broker
+            .log()
+            .lines()
+            .find(|l| l.contains("cannot accept connections: EMFILE"))
+            .map(str::to_owned)
+    });
+    for needle in [
+        format!("its limit (RLIMIT_NOFILE) is {limit}"),
+        "fds open".to_owned(),
+        "LimitNOFILE=".to_owned(),
+        "--max-connections".to_owned(),
+    ] {
+        assert!(line.contains(&needle), "{line:?} lacks {needle:?}");
+    }
+    eprintln!("{line}");
+    // The accept loop retries every 50 ms; the log says it once.
+    std::thread::sleep(Duration::from_secs(2));
+    let reports = broker
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot accept"))
+        .count();
+    assert_eq!(reports, 1, "{}", broker.log());
+    set_nofile(broker.pid(), hard, hard);
+    drop(waiting);
+    let r = xsk_testbed::RawPeer::hello(broker.socket_path());
+    assert!(matches!(
+        r.call(&xsk_broker_protocol::Request::Status(
+            xsk_broker_protocol::StatusRequest {}
+        )),
+        xsk_broker_protocol::Response::Status(_)
+    ));
 }
