@@ -45,7 +45,7 @@ pub enum TransportError {
     /// the frame was read. The frame is refused; the stream is still in step.
     #[error("{}", too_many_fds_message(*declared, *limit))]
     TooManyFds {
-        /// Declared in the header (0 if the header was not read).
+        /// Declared in the header.
         declared: u32,
         /// The most this end accepts in one message.
         limit: usize,
