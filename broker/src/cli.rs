@@ -120,7 +120,9 @@ pub struct Args {
 
     /// Most connections open at once, all users together. A connection over
     /// a limit gets a `not_permitted` error naming it and is closed at once.
-    /// The broker raises its open-file limit to the hard limit at start.
+    /// The broker raises its open-file limit to the hard limit at start and
+    /// refuses to start if that cannot hold two fds per connection (its
+    /// stream, and one more while it holds a lease) plus 64 of its own.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
 

@@ -25,13 +25,16 @@ pub fn serve(
     policy: Arc<Policy>,
 ) -> std::io::Result<()> {
     STARTED.get_or_init(std::time::Instant::now);
+    let mut failures = AcceptFailures::new();
     loop {
         let (stream, _) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                // EMFILE and friends: log, back off briefly, keep serving.
-                warn!("accept failed: {e}");
+                // EMFILE and friends: say what it is (once in a while, not
+                // per retry), back off briefly, keep serving. The peer
+                // waits in the listen queue meanwhile.
+                failures.report(&e);
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 continue;
             }
@@ -54,6 +57,84 @@ pub fn serve(
     }
 }
 
+/// How often a failing `accept` is logged at most.
+const ACCEPT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs `accept` failures as what they are, at most once per
+/// [`ACCEPT_REPORT_EVERY`], counting the ones in between.
+struct AcceptFailures {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+    /// An fd kept open to be given up when the fd table is full, so that
+    /// the broker can still count its open fds for the report.
+    spare: Option<std::fs::File>,
+}
+
+impl AcceptFailures {
+    fn new() -> Self {
+        AcceptFailures {
+            last: None,
+            suppressed: 0,
+            spare: std::fs::File::open("/dev/null").ok(),
+        }
+    }
+
+    /// Whether a failure at `now` is to be logged: `Some(failures not
+    /// logged since the last report)`, or `None` (counted, not logged).
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < ACCEPT_REPORT_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    fn report(&mut self, e: &std::io::Error) {
+        let again = match self.due(std::time::Instant::now()) {
+            None => return,
+            Some(0) => String::new(),
+            Some(n) => format!(" ({n} more failures since the last report)"),
+        };
+        let errno = e.raw_os_error().unwrap_or(0);
+        if errno == libc::EMFILE || errno == libc::ENFILE {
+            // Counting needs an fd of its own: give up the spare for it.
+            drop(self.spare.take());
+            let open = std::fs::read_dir("/proc/self/fd")
+                .map_or("an unknown number of".to_owned(), |d| {
+                    d.count().saturating_sub(1).to_string()
+                });
+            self.spare = std::fs::File::open("/dev/null").ok();
+            let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or("unknown".to_owned(), |(soft, _)| soft.to_string());
+            if errno == libc::EMFILE {
+                warn!(
+                    errno = "EMFILE", open_fds = %open, limit = %limit,
+                    "cannot accept connections: EMFILE, the broker has {open} fds open, its \
+                     limit (RLIMIT_NOFILE) is {limit}; new connections wait until fds are \
+                     freed; raise LimitNOFILE= (ulimit -n) or lower --max-connections or \
+                     --max-queues-per-lease{again}"
+                );
+            } else {
+                warn!(
+                    errno = "ENFILE", open_fds = %open, limit = %limit,
+                    "cannot accept connections: ENFILE, the system-wide table of open files \
+                     is full (sysctl fs.file-max; the broker has {open} fds open); new \
+                     connections wait until fds are freed{again}"
+                );
+            }
+        } else {
+            warn!(
+                errno = %nix::errno::Errno::from_raw(errno),
+                "cannot accept a connection: {e}{again}"
+            );
+        }
+    }
+}
+
 struct Connection {
     chan: Channel,
     broker: Arc<Broker>,
@@ -71,8 +152,12 @@ struct Connection {
 impl Connection {
     fn new(stream: UnixStream, broker: Arc<Broker>, policy: Arc<Policy>) -> Self {
         let (peer, identity) = peer_of(stream.as_fd());
+        // Requests carry no fds: none sent is ever installed here (the
+        // kernel closes them), so a peer cannot fill the broker's fd table.
+        let mut chan = Channel::new(stream);
+        chan.set_max_fds_in(0);
         Connection {
-            chan: Channel::new(stream),
+            chan,
             broker,
             policy,
             identity,
@@ -434,5 +519,22 @@ impl Connection {
                  closing the connection"
             ),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_reported_at_most_every_ten_seconds() {
+        let mut f = AcceptFailures::new();
+        let t0 = std::time::Instant::now();
+        assert_eq!(f.due(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(f.due(t0 + std::time::Duration::from_secs(i)), None);
+        }
+        assert_eq!(f.due(t0 + ACCEPT_REPORT_EVERY), Some(5));
+        assert_eq!(f.due(t0 + ACCEPT_REPORT_EVERY), None);
     }
 }
