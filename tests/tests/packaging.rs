@@ -466,7 +466,9 @@ impl Drop for Traced {
 
 /// Every system call and address family the broker uses while it serves
 /// (start, a two-queue lease with traffic, status, a metrics scrape, a
-/// refusal, release, SIGTERM) is allowed by the service's
+/// refusal, release, SIGTERM) and while it is restarted with a lease held
+/// (the state and pins the unit keeps: writing them, taking the lease over,
+/// releasing it when its holder exits) is allowed by the service's
 /// `SystemCallFilter=` and `RestrictAddressFamilies=`: the sandbox does not
 /// break the broker. Traced with strace on the real broker.
 #[test]
@@ -474,7 +476,7 @@ fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
     use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
     use xsk_testbed::{
-        require_root, serial_guard, udp_roundtrip, ClientProcess, Testbed, TEST_FRAMES,
+        require_root, serial_guard, udp_roundtrip, BpfFs, ClientProcess, Testbed, TEST_FRAMES,
     };
     let test = "service_sandbox_allows_every_syscall_and_family_the_broker_uses";
     if !require_root(test) || !have_systemd_analyze(test) {
@@ -503,33 +505,72 @@ fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
     let dir = TempDir::new("xsk-strace").unwrap();
     let sock = dir.join("broker.sock");
     let msock = dir.join("metrics.sock");
-    let trace = dir.join("strace.log");
     let policy = dir.join("policy.json");
     std::fs::write(&policy, xsk_testbed::TEST_POLICY).unwrap();
-    let mut cmd = tb.xsk.exec_command(["strace", "-f", "-qq", "-o"]);
-    cmd.arg(&trace)
-        .arg(workspace_bin("xsk-brokerd").unwrap())
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--socket-mode", "0666", "--metrics-socket"])
-        .arg(&msock)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut traced = Traced(cmd.spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(&sock).is_err() {
-        assert!(
-            traced.0.try_wait().unwrap().is_none(),
-            "the traced broker exited"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the traced broker never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let bpf = BpfFs::mount(dir.join("bpffs"));
+    let log = dir.join("xsk-brokerd.log");
+    let restored = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(RESTORED)
+            .count()
+    };
+    // The broker as the unit runs it (state and pins), under strace.
+    let start = |trace: &Path| {
+        let before = restored();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = tb.xsk.exec_command(["strace", "-f", "-qq", "-o"]);
+        cmd.arg(trace)
+            .arg(workspace_bin("xsk-brokerd").unwrap())
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--socket-mode", "0666", "--metrics-socket"])
+            .arg(&msock)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--pin-dir")
+            .arg(bpf.0.join("xsk-broker"))
+            .stdout(std::process::Stdio::null())
+            .stderr(out);
+        let mut traced = Traced(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&sock).is_err() || restored() == before {
+            assert!(
+                traced.0.try_wait().unwrap().is_none(),
+                "the traced broker exited:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the traced broker never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        traced
+    };
+    let status = || {
+        let out = run(Command::new(workspace_bin("xsk-brokerctl").unwrap())
+            .args(["status", "--json", "--socket"])
+            .arg(&sock));
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let stop = |mut traced: Traced, pid: i64| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let st = traced.0.wait().unwrap();
+        assert!(st.success(), "the traced broker: {st}");
+    };
+    let traces = [dir.join("strace.log"), dir.join("strace-restarted.log")];
+    let traced = start(&traces[0]);
 
     let frames = TEST_FRAMES.to_string();
     let args = [
@@ -548,10 +589,7 @@ fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
         .unwrap();
     let refused = ClientProcess::spawn("rx", &sock, &args, None).unwrap();
     refused.wait_failure(Duration::from_secs(20)).unwrap();
-    let status = run(Command::new(workspace_bin("xsk-brokerctl").unwrap())
-        .args(["status", "--json", "--socket"])
-        .arg(&sock));
-    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    let status1 = status();
     {
         let mut m = UnixStream::connect(&msock).unwrap();
         std::io::Write::write_all(&mut m, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -560,18 +598,44 @@ fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
         assert!(body.contains("xsk_broker_xdp_rx_dropped_total"), "{body}");
     }
     c.stop().unwrap();
-    let pid = status["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let st = traced.0.wait().unwrap();
-    assert!(st.success(), "the traced broker: {st}");
+    // A lease held across a restart (SIGTERM, start again), released when
+    // its holder exits.
+    let one = [
+        "--ifname",
+        tb.xsk_if.as_str(),
+        "--queues",
+        "1",
+        "--frames",
+        &frames,
+    ];
+    let mut holder = ClientProcess::spawn("rx", &sock, &one, None).unwrap();
+    holder.wait_event("ready", Duration::from_secs(20)).unwrap();
+    stop(traced, status1["pid"].as_i64().unwrap());
+    let traced = start(&traces[1]);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("1 lease(s) kept"), "{log_text}");
+    let busy = ClientProcess::spawn("rx", &sock, &one, None).unwrap();
+    let (err, _) = busy.wait_failure(Duration::from_secs(20)).unwrap();
+    assert!(err.contains("queue_busy"), "{err}");
+    holder.stop().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status2 = loop {
+        let s = status();
+        if s["leases"].as_array().is_some_and(Vec::is_empty) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the lease was not released: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stop(traced, status2["pid"].as_i64().unwrap());
 
-    let log = std::fs::read_to_string(&trace).unwrap();
     let mut used = std::collections::BTreeSet::new();
     let mut used_families = std::collections::BTreeSet::new();
+    let log = traces
+        .iter()
+        .map(|t| std::fs::read_to_string(t).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
     for line in log.lines() {
         let Some((_pid, rest)) = line.split_once(' ') else {
             continue;
@@ -593,8 +657,12 @@ fn service_sandbox_allows_every_syscall_and_family_the_broker_uses() {
             });
         }
     }
+    // The state written atomically (rename, fsync) and the restarted
+    // broker watching the holder it took over (pidfd_open) are in it.
     assert!(
-        used.contains("bpf") && used.contains("sendmsg"),
+        ["bpf", "sendmsg", "rename", "fsync", "pidfd_open"]
+            .iter()
+            .all(|s| used.contains(*s)),
         "the trace looks incomplete: {used:?}"
     );
     let denied: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
