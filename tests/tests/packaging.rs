@@ -830,18 +830,21 @@ fn service_command_follows_systemd_expansion() {
 /// directory standing for the service's `RuntimeDirectory=`
 /// (/run/xsk-broker), the bpffs standing for /sys/fs/bpf, the unit's
 /// `UMask=`, its socket's `FileDescriptorName=`, the unit's
-/// `CapabilityBoundingSet=` for setpriv, the installed tmpfiles.d entry; then
-/// the command line. In a mount namespace of its own (the broker's view
-/// only), /run is a fresh tmpfs with the runtime directory bound to
-/// /run/xsk-broker and the bpffs is bound to /sys/fs/bpf: the broker runs
-/// with the unit's own paths, and both outlive it as they do under systemd.
+/// `CapabilityBoundingSet=` for setpriv, the installed tmpfiles.d entry, the
+/// unit's `ProtectProc=` as a hidepid= value; then the command line. In a
+/// mount namespace of its own (the broker's view only), /run is a fresh
+/// tmpfs with the runtime directory bound to /run/xsk-broker, the bpffs is
+/// bound to /sys/fs/bpf and /proc hides other users' processes: the broker
+/// runs with the unit's own paths, and both outlive it as they do under
+/// systemd.
 /// The listening socket comes in as stdin and is handed over as fd 3 with
 /// LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES (`$$` is the broker's pid: every step
 /// execs in place). Not reproduced: the rest of the sandbox
 /// (ProtectSystem=, SystemCallFilter=, ...; see the strace test above).
 const SERVICE_WRAPPER: &str = r#"set -e
-run_dir=$1 bpffs=$2 umask_=$3 fdname=$4 caps=$5 tmpfiles=$6
-shift 6
+run_dir=$1 bpffs=$2 umask_=$3 fdname=$4 caps=$5 tmpfiles=$6 hidepid=$7
+shift 7
+mount -t proc -o hidepid="$hidepid" proc /proc
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -m 0755 /run/xsk-broker
 mount --bind "$run_dir" /run/xsk-broker
@@ -909,6 +912,10 @@ impl Service {
             .arg(fdname)
             .arg(caps)
             .arg("/usr/lib/tmpfiles.d/xsk-broker.conf")
+            .arg(match one("ProtectProc").as_str() {
+                "default" => "off".to_owned(),
+                other => other.to_owned(),
+            })
             .args(&svc.argv)
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin")
