@@ -57,16 +57,30 @@ fn prepare_dir_on_bpffs(dir: &Path, option: &str, mode: u32) -> Result<()> {
             probe.display()
         );
     }
+    // A read-only bpffs is what a sandbox (systemd's ProtectSystem=strict)
+    // shows where the directory is not made writable.
+    let read_only = |e: &std::io::Error| {
+        if e.raw_os_error() == Some(libc::EROFS) {
+            " (read-only here: under systemd the directory must exist before the service \
+             starts and be listed in ReadWritePaths=; the package's tmpfiles.d entry creates \
+             /sys/fs/bpf/xsk-broker at boot, `systemd-tmpfiles --create xsk-broker.conf` now)"
+                .to_owned()
+        } else {
+            String::new()
+        }
+    };
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .mode(mode)
-            .create(dir)
-            .with_context(|| format!("{option}: creating {}", dir.display()))?;
+        if let Err(e) = std::fs::DirBuilder::new().mode(mode).create(dir) {
+            let hint = read_only(&e);
+            return Err(e).with_context(|| format!("{option}: creating {}{hint}", dir.display()));
+        }
     } else if !dir.is_dir() {
         bail!("{option} {} exists and is not a directory", dir.display());
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("{option}: chmod {mode:o} {}", dir.display()))?;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)) {
+        let hint = read_only(&e);
+        return Err(e).with_context(|| format!("{option}: chmod {mode:o} {}{hint}", dir.display()));
+    }
     Ok(())
 }
 

@@ -311,6 +311,11 @@ impl Policy {
     pub fn describe(&self) -> String {
         match &self.source {
             None => "no policy file: only root may lease".to_owned(),
+            Some(p) if self.rules.is_empty() => format!(
+                "{} (0 rules: it admits no one but root; add a rule naming users or groups \
+                 and interfaces, then restart)",
+                p.display()
+            ),
             Some(p) => format!("{} ({} rule(s))", p.display(), self.rules.len()),
         }
     }
@@ -344,11 +349,17 @@ impl Policy {
         Err(denied(match first_reason {
             Some(reason) => reason,
             None => format!(
-                "no rule of {} admits uid {} (gid {}, groups {:?})",
+                "no rule of {} admits uid {} (gid {}, groups {:?}){}",
                 source.display(),
                 who.uid,
                 who.gid,
-                who.groups
+                who.groups,
+                if self.rules.is_empty() {
+                    "; the policy has no rules, so it admits no one but root: \
+                     the administrator adds a rule naming this user or group"
+                } else {
+                    ""
+                }
             ),
         }))
     }
@@ -516,6 +527,7 @@ mod tests {
     fn bad_files_are_refused_with_the_reason() {
         let reason = |j: &str| policy(j).unwrap_err().to_string();
         assert!(reason(r#"{"version":2,"rules":[]}"#).contains("version 2 is not supported"));
+        assert!(reason(r#"{"version":1}"#).contains("missing field `rules`"));
         assert!(
             reason(r#"{"version":1,"rules":[{"name":"x","interfaces":["*"]}]}"#)
                 .contains("names nobody")
@@ -540,5 +552,74 @@ mod tests {
             policy(r#"{"version":1,"rules":[{"name":"n","users":["nobody"],"interfaces":["*"]}]}"#)
                 .unwrap();
         assert!(ok.check(&who(65534, 65534, &[]), sockets("x", 1)).is_ok());
+    }
+
+    /// The packaged policy, `"rules": []`, is valid and admits no one but
+    /// root, and says so at start and in its refusals.
+    #[test]
+    fn an_empty_policy_admits_only_root() {
+        let p = policy(r#"{"version":1,"rules":[]}"#).unwrap();
+        assert!(p.check(&who(0, 0, &[]), sockets("eth0", 64)).is_ok());
+        let e = p
+            .check(&who(1000, 1000, &[50]), sockets("eth0", 1))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotPermitted);
+        assert!(
+            e.message.starts_with(
+                "no rule of /etc/xsk-broker/policy.json admits uid 1000 (gid 1000, groups [50]); \
+                 the policy has no rules, so it admits no one but root"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(p.check(&who(1000, 1000, &[]), Ask::Status).is_err());
+        assert!(
+            p.describe()
+                .starts_with("/etc/xsk-broker/policy.json (0 rules: it admits no one but root"),
+            "{}",
+            p.describe()
+        );
+        let one =
+            policy(r#"{"version":1,"rules":[{"name":"n","uids":[1],"interfaces":["eth1"]}]}"#)
+                .unwrap();
+        assert_eq!(one.describe(), "/etc/xsk-broker/policy.json (1 rule(s))");
+    }
+
+    /// The files the Debian package installs: /etc/xsk-broker/policy.json
+    /// grants nothing; the example in /usr/share/doc names interfaces (no
+    /// glob), a few queues, copy mode only and no map flow.
+    #[test]
+    fn the_packaged_policies_are_valid_and_narrow() {
+        let installed = policy(include_str!("../../packaging/deb/policy.json")).unwrap();
+        assert!(installed.rules.is_empty());
+        assert!(installed
+            .check(&who(1000, 1000, &[]), sockets("eth0", 1))
+            .is_err());
+        // The example's group (created by the package) may not exist here.
+        let example = include_str!("../../packaging/deb/policy.example.json");
+        assert!(example.contains(r#""groups": ["xsk-broker"]"#), "{example}");
+        let example =
+            policy(&example.replace(r#""groups": ["xsk-broker"]"#, r#""gids": [4242]"#)).unwrap();
+        assert_eq!(example.rules.len(), 1);
+        let rule = &example.rules[0];
+        assert!(
+            rule.interfaces.iter().all(|i| !i.contains(['*', '?'])),
+            "{:?}",
+            rule.interfaces
+        );
+        assert!(rule.max_queues <= 4, "{}", rule.max_queues);
+        assert_eq!(rule.copy, [CopyMode::Copy]);
+        assert!(!rule.map_flow);
+        let member = who(1000, 1000, &[4242]);
+        let ifname = rule.interfaces[0].clone();
+        assert!(example.check(&member, sockets(&ifname, 1)).is_err()); // copy auto
+        let copy = Ask::Sockets {
+            ifname: &ifname,
+            queues: 1,
+            mode: XdpMode::Auto,
+            copy: CopyMode::Copy,
+        };
+        assert!(example.check(&member, copy).is_ok());
+        assert!(example.check(&who(1000, 1000, &[]), copy).is_err());
     }
 }
