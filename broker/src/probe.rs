@@ -169,6 +169,26 @@ impl QueueProbe {
         Ok(buf)
     }
 
+    /// [`QueueProbe::queue_use`], asked again every few milliseconds for up
+    /// to `grace` while the queue is bound: a socket closed just now (its
+    /// holder exited) keeps the queue until the kernel's deferred work frees
+    /// its buffer pool.
+    pub fn queue_use_settled(
+        &self,
+        ifindex: u32,
+        queue: u32,
+        grace: std::time::Duration,
+    ) -> io::Result<QueueUse> {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let found = self.queue_use(ifindex, queue)?;
+            if found == QueueUse::Free || std::time::Instant::now() >= deadline {
+                return Ok(found);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Whether an AF_XDP socket is bound to `queue` of `ifindex` (its rx or
     /// tx queue of that id has a buffer pool).
     pub fn queue_use(&self, ifindex: u32, queue: u32) -> io::Result<QueueUse> {

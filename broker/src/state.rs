@@ -1,7 +1,6 @@
 //! Who holds what: interfaces with the XSK program attached, their leased
 //! queues, and the sockets of each lease.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,6 +20,14 @@ use crate::xdp::{self, XskProgram};
 
 /// Identifies a lease (one control connection's grant).
 pub type LeaseId = u64;
+
+/// How long a grant waits for the kernel to free a queue whose last socket
+/// was just closed: the kernel unbinds a closed AF_XDP socket's buffer pool
+/// in deferred work, a moment after the holder exits.
+const UNBIND_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A leased socket: its queue and the broker's copy of its fd.
+type LeasedSocket = (u32, Arc<OwnedFd>);
 
 /// The peer holding a lease, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +184,42 @@ pub struct Broker {
     /// Asks the kernel whether a queue has an AF_XDP socket bound; None
     /// where the kernel cannot tell (then only the lease table is checked).
     probe: Option<probe::QueueProbe>,
+    /// Interfaces a grant is being prepared on (see [`Broker::turn`]).
+    granting: Mutex<std::collections::HashSet<u32>>,
+    /// Signalled when an interface leaves `granting`.
+    granted: std::sync::Condvar,
+}
+
+/// One grant's turn on an interface: grants on one interface are made one at
+/// a time, so that a program can be attached without the broker's lock (a
+/// slow attach on one interface never holds up grants on another). Dropping
+/// it hands the interface to the next grant.
+struct Turn<'a> {
+    broker: &'a Broker,
+    ifindex: u32,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut busy = self
+            .broker
+            .granting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.ifindex);
+        self.broker.granted.notify_all();
+    }
+}
+
+/// A grant ready to be made: the broker's lock, with the interface's program
+/// attached and every check passed for the request.
+struct Prepared<'a> {
+    inner: MutexGuard<'a, Inner>,
+    ifindex: u32,
+    /// The program was attached for this request (detach it if the grant
+    /// fails after all).
+    newly_attached: bool,
+    _turn: Turn<'a>,
 }
 
 /// The state file and the bpffs directory where each attached program and
@@ -281,8 +324,10 @@ impl Broker {
     /// holder's connection is woken to be told and closed, and the number of
     /// leases ended is returned. Called every second by the watcher thread.
     pub fn reap_vanished_interfaces(&self) -> usize {
-        let mut inner = self.lock();
-        if inner.interfaces.is_empty() {
+        // The interfaces are listed (netlink) without the broker's lock; only
+        // those known before the listing can be missing from it.
+        let known: Vec<u32> = self.lock().interfaces.keys().copied().collect();
+        if known.is_empty() {
             return 0;
         }
         let present: std::collections::HashSet<u32> = match nix::net::if_::if_nameindex() {
@@ -292,12 +337,14 @@ impl Broker {
                 return 0;
             }
         };
-        let gone: Vec<u32> = inner
-            .interfaces
-            .keys()
-            .copied()
+        let gone: Vec<u32> = known
+            .into_iter()
             .filter(|ifindex| !present.contains(ifindex))
             .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut inner = self.lock();
         let mut ended = 0;
         for ifindex in gone {
             let Some(iface) = inner.interfaces.remove(&ifindex) else {
@@ -354,33 +401,18 @@ impl Broker {
     /// behind (no socket, map entry or program of this request).
     pub fn open(&self, req: &OpenRequest, peer: Peer) -> Result<(Lease, Opened), ErrorReply> {
         req.validate()?;
-        let (ifindex, counts) = check_queues(req)?;
-
-        let mut inner = self.lock();
-        self.check_lease_limits(&inner, req.queues, peer)?;
-        if let Some(iface) = inner.interfaces.get(&ifindex) {
-            check_free(iface, req)?;
-            check_mode(req, iface.program.mode())?;
-        }
-        check_unbound(&inner, self.probe.as_ref(), ifindex, req)?;
+        let Prepared {
+            mut inner,
+            ifindex,
+            newly_attached,
+            _turn,
+        } = self.prepare_grant(req, peer)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
-        let (iface, newly_attached) = match inner.interfaces.entry(ifindex) {
-            Entry::Occupied(e) => (e.into_mut(), false),
-            Entry::Vacant(e) => {
-                let program = attach(req, ifindex, counts.max, self.persist.as_ref())?;
-                info!(
-                    ifname = %req.ifname, ifindex, mode = %program.mode(),
-                    program_id = program.attached_id(), "attached the XSK program"
-                );
-                let iface = e.insert(Interface {
-                    name: req.ifname.clone(),
-                    program,
-                    queues: BTreeMap::new(),
-                });
-                (iface, true)
-            }
-        };
+        let iface = inner
+            .interfaces
+            .get_mut(&ifindex)
+            .expect("present: prepare_grant attached it or found it");
         match create_sockets(iface, req) {
             Ok(sockets) => {
                 let sockets: Vec<(u32, Arc<OwnedFd>)> = sockets
@@ -422,6 +454,123 @@ impl Broker {
                 Err(e)
             }
         }
+    }
+
+    /// Wait for and take the interface's turn (see [`Turn`]).
+    fn turn(&self, ifindex: u32) -> Turn<'_> {
+        let mut busy = self.granting.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(&ifindex) {
+            busy = self.granted.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(ifindex);
+        Turn {
+            broker: self,
+            ifindex,
+        }
+    }
+
+    /// The one path every grant (sockets or map) takes up to making it: the
+    /// interface and its queues, the interface's turn, the kernel's view of
+    /// the queues, the limits, the lease table, the mode; then the program,
+    /// attached if the interface has none of the broker's yet. The broker's
+    /// lock is not held while the kernel is asked or the program attached.
+    fn prepare_grant(&self, req: &OpenRequest, peer: Peer) -> Result<Prepared<'_>, ErrorReply> {
+        let (ifindex, counts) = check_queues(req)?;
+        let turn = self.turn(ifindex);
+        {
+            let inner = self.lock();
+            self.check_lease_limits(&inner, req.queues, peer)?;
+            if let Some(iface) = inner.interfaces.get(&ifindex) {
+                check_free(iface, req)?;
+                check_mode(req, iface.program.mode())?;
+            }
+        }
+        // No grant on this interface can happen meanwhile (the turn is
+        // ours), and releases only free queues: the checks above hold.
+        self.check_unbound(ifindex, req)?;
+        let inner = self.lock();
+        // Grants on other interfaces may have used up this uid's quota.
+        self.check_lease_limits(&inner, req.queues, peer)?;
+        if inner.interfaces.contains_key(&ifindex) {
+            return Ok(Prepared {
+                inner,
+                ifindex,
+                newly_attached: false,
+                _turn: turn,
+            });
+        }
+        drop(inner);
+        let program = attach(req, ifindex, counts.max, self.persist.as_ref())?;
+        info!(
+            ifname = %req.ifname, ifindex, mode = %program.mode(),
+            program_id = program.attached_id(), "attached the XSK program"
+        );
+        let mut inner = self.lock();
+        inner.interfaces.insert(
+            ifindex,
+            Interface {
+                name: req.ifname.clone(),
+                program,
+                queues: BTreeMap::new(),
+            },
+        );
+        // The lock was let go for the attach: grants on other interfaces
+        // may have used up this uid's quota meanwhile.
+        if let Err(e) = self.check_lease_limits(&inner, req.queues, peer) {
+            detach_if_unused(&mut inner, ifindex, self.persist.as_ref());
+            return Err(e);
+        }
+        Ok(Prepared {
+            inner,
+            ifindex,
+            newly_attached: true,
+            _turn: turn,
+        })
+    }
+
+    /// Refuse if an AF_XDP socket is still bound to any asked-for queue (a
+    /// holder whose lease ended but who kept its bound socket, or a program
+    /// the broker does not know), as the kernel reports it
+    /// ([`probe::QueueProbe`]). Names the queue's previous holder when known.
+    fn check_unbound(&self, ifindex: u32, req: &OpenRequest) -> Result<(), ErrorReply> {
+        let Some(probe) = &self.probe else {
+            return Ok(());
+        };
+        for q in req.queue_ids() {
+            match probe.queue_use_settled(ifindex, q, UNBIND_GRACE) {
+                Ok(probe::QueueUse::Free) => {}
+                Ok(probe::QueueUse::Bound) => {
+                    let by = match self.lock().previous.get(&(ifindex, q)) {
+                        Some(p) => format!(
+                            "its previous holder (pid {}, uid {}) still has a socket bound to \
+                             it although its lease ended",
+                            p.pid, p.uid
+                        ),
+                        None => {
+                            "an AF_XDP socket the broker did not grant is bound to it".to_owned()
+                        }
+                    };
+                    return Err(err(
+                        ErrorCode::QueueBusy,
+                        format!(
+                            "queue {q} of {} is not free: {by}; ask for other queues, or wait \
+                             until that socket is closed",
+                            req.ifname
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        ErrorCode::Internal,
+                        format!(
+                            "cannot check that queue {q} of {} is free: {e}; try again",
+                            req.ifname
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// End a lease: clear its map entries, close the broker's copies of its
@@ -467,48 +616,60 @@ impl Broker {
     /// on the broker's own copy of its fd; only those of uid `only_uid` when
     /// given (a peer that may not see the other tenants).
     pub fn lease_status(&self, only_uid: Option<u32>) -> Vec<LeaseStatus> {
-        let inner = self.lock();
-        inner
-            .leases
-            .iter()
-            .filter(|(_, rec)| only_uid.is_none_or(|uid| rec.peer.uid == uid))
-            .map(|(id, rec)| {
-                let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
-                LeaseStatus {
-                    id: *id,
-                    ifname: rec.ifname.clone(),
-                    ifindex: rec.ifindex,
-                    queues: rec
-                        .sockets
-                        .iter()
-                        .map(|(q, _)| *q)
-                        .chain(rec.map_queues.iter().copied())
-                        .collect(),
-                    holder: Holder {
-                        pid: rec.peer.pid,
-                        uid: rec.peer.uid,
-                        gid: rec.peer.gid,
-                    },
-                    mode: program.map_or(AttachMode::Skb, |p| p.mode()),
-                    program_id: program.map_or(0, |p| p.attached_id()),
-                    age_ms: u64::try_from(rec.granted.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    sockets: rec
-                        .sockets
-                        .iter()
-                        .map(|(q, fd)| match xdp::xsk_statistics(fd.as_fd()) {
-                            Ok(st) => SocketStatus {
-                                queue_id: *q,
-                                statistics: Some(st),
-                                error: None,
-                            },
-                            Err(e) => SocketStatus {
-                                queue_id: *q,
-                                statistics: None,
-                                error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
-                            },
-                        })
-                        .collect(),
-                }
+        // The table is copied under the lock; the sockets' statistics are
+        // read after it is let go, so a status never holds up a grant.
+        let snapshot: Vec<(LeaseStatus, Vec<LeasedSocket>)> = {
+            let inner = self.lock();
+            inner
+                .leases
+                .iter()
+                .filter(|(_, rec)| only_uid.is_none_or(|uid| rec.peer.uid == uid))
+                .map(|(id, rec)| {
+                    let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
+                    let status = LeaseStatus {
+                        id: *id,
+                        ifname: rec.ifname.clone(),
+                        ifindex: rec.ifindex,
+                        queues: rec
+                            .sockets
+                            .iter()
+                            .map(|(q, _)| *q)
+                            .chain(rec.map_queues.iter().copied())
+                            .collect(),
+                        holder: Holder {
+                            pid: rec.peer.pid,
+                            uid: rec.peer.uid,
+                            gid: rec.peer.gid,
+                        },
+                        mode: program.map_or(AttachMode::Skb, |p| p.mode()),
+                        program_id: program.map_or(0, |p| p.attached_id()),
+                        age_ms: u64::try_from(rec.granted.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        sockets: Vec::new(),
+                    };
+                    (status, rec.sockets.clone())
+                })
+                .collect()
+        };
+        snapshot
+            .into_iter()
+            .map(|(mut status, sockets)| {
+                status.sockets = sockets
+                    .iter()
+                    .map(|(q, fd)| match xdp::xsk_statistics(fd.as_fd()) {
+                        Ok(st) => SocketStatus {
+                            queue_id: *q,
+                            statistics: Some(st),
+                            error: None,
+                        },
+                        Err(e) => SocketStatus {
+                            queue_id: *q,
+                            statistics: None,
+                            error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
+                        },
+                    })
+                    .collect();
+                status
             })
             .collect()
     }
@@ -546,36 +707,18 @@ impl Broker {
                  bpffs mount (e.g. /sys/fs/bpf/xsk-broker)",
             ));
         }
-        let (ifindex, counts) = check_queues(&req)?;
-        let mut inner = self.lock();
-        self.check_lease_limits(&inner, req.queues, peer)?;
-        if let Some(iface) = inner.interfaces.get(&ifindex) {
-            check_free(iface, &req)?;
-            check_mode(&req, iface.program.mode())?;
-        }
-        check_unbound(&inner, self.probe.as_ref(), ifindex, &req)?;
+        let Prepared {
+            mut inner,
+            ifindex,
+            newly_attached,
+            _turn,
+        } = self.prepare_grant(&req, peer)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
-        let newly_attached = !inner.interfaces.contains_key(&ifindex);
-        if newly_attached {
-            let program = attach(&req, ifindex, counts.max, self.persist.as_ref())?;
-            info!(
-                ifname = %req.ifname, ifindex, mode = %program.mode(),
-                program_id = program.attached_id(), "attached the XSK program"
-            );
-            inner.interfaces.insert(
-                ifindex,
-                Interface {
-                    name: req.ifname.clone(),
-                    program,
-                    queues: BTreeMap::new(),
-                },
-            );
-        }
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
-            .expect("present: found or inserted just above");
+            .expect("present: prepare_grant attached it or found it");
         let granted = (|| {
             let fd = iface.program.map_fd_dup().map_err(|e| {
                 err(
@@ -710,54 +853,6 @@ fn check_free(iface: &Interface, req: &OpenRequest) -> Result<(), ErrorReply> {
                     req.ifname, holder.pid, holder.uid
                 ),
             ));
-        }
-    }
-    Ok(())
-}
-
-/// Refuse if an AF_XDP socket is still bound to any asked-for queue (a
-/// holder whose lease ended but who kept its bound socket, or a program the
-/// broker does not know), as the kernel reports it ([`probe::QueueProbe`]).
-/// Names the queue's previous holder when known.
-fn check_unbound(
-    inner: &Inner,
-    probe: Option<&probe::QueueProbe>,
-    ifindex: u32,
-    req: &OpenRequest,
-) -> Result<(), ErrorReply> {
-    let Some(probe) = probe else {
-        return Ok(());
-    };
-    for q in req.queue_ids() {
-        match probe.queue_use(ifindex, q) {
-            Ok(probe::QueueUse::Free) => {}
-            Ok(probe::QueueUse::Bound) => {
-                let by = match inner.previous.get(&(ifindex, q)) {
-                    Some(p) => format!(
-                        "its previous holder (pid {}, uid {}) still has a socket bound to it \
-                         although its lease ended",
-                        p.pid, p.uid
-                    ),
-                    None => "an AF_XDP socket the broker did not grant is bound to it".to_owned(),
-                };
-                return Err(err(
-                    ErrorCode::QueueBusy,
-                    format!(
-                        "queue {q} of {} is not free: {by}; ask for other queues, or wait until \
-                         that socket is closed",
-                        req.ifname
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(err(
-                    ErrorCode::Internal,
-                    format!(
-                        "cannot check that queue {q} of {} is free: {e}; try again",
-                        req.ifname
-                    ),
-                ))
-            }
         }
     }
     Ok(())
