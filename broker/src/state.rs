@@ -607,9 +607,35 @@ impl Broker {
                 warn!("cannot remove the map pin {}: {e}", pin.display());
             }
         }
+        let ifindex = lease.ifindex;
         drop(lease);
-        detach_all_unused(&mut inner, self.persist.as_ref());
+        let unused = inner
+            .interfaces
+            .get(&ifindex)
+            .is_some_and(|i| i.queues.is_empty());
         let _ = self.save(&inner);
+        drop(inner);
+        if unused {
+            self.detach_unused(ifindex);
+        }
+    }
+
+    /// Detach the program of an interface no lease uses any more, in the
+    /// interface's turn (so no grant attaches meanwhile) but without the
+    /// broker's lock (so grants on other interfaces go on).
+    fn detach_unused(&self, ifindex: u32) {
+        let _turn = self.turn(ifindex);
+        let taken = {
+            let mut inner = self.lock();
+            let taken = take_if_unused(&mut inner, ifindex, self.persist.as_ref());
+            if taken.is_some() {
+                let _ = self.save(&inner);
+            }
+            taken
+        };
+        if let Some(iface) = taken {
+            detach(iface, ifindex);
+        }
     }
 
     /// Every lease, oldest first, with each socket's kernel statistics read
@@ -1036,23 +1062,34 @@ fn detach_all_unused(inner: &mut Inner, persist: Option<&Persist>) {
 }
 
 fn detach_if_unused(inner: &mut Inner, ifindex: u32, persist: Option<&Persist>) {
-    if inner
+    if let Some(iface) = take_if_unused(inner, ifindex, persist) {
+        detach(iface, ifindex);
+    }
+}
+
+/// Take an interface no lease uses out of the table, and its pins away; the
+/// caller detaches its program ([`detach`]).
+fn take_if_unused(inner: &mut Inner, ifindex: u32, persist: Option<&Persist>) -> Option<Interface> {
+    if !inner
         .interfaces
         .get(&ifindex)
         .is_some_and(|i| i.queues.is_empty())
     {
-        let iface = inner
-            .interfaces
-            .remove(&ifindex)
-            .expect("entry checked just above");
-        let name = iface.name;
-        if let Some(p) = persist {
-            p.unpin(ifindex, iface.program.mode());
-        }
-        match iface.program.detach() {
-            Ok(()) => info!(ifname = %name, ifindex, "detached the XSK program (no lease uses it)"),
-            Err(e) => warn!("{e}; the program may still be attached"),
-        }
+        return None;
+    }
+    let iface = inner.interfaces.remove(&ifindex)?;
+    if let Some(p) = persist {
+        p.unpin(ifindex, iface.program.mode());
+    }
+    Some(iface)
+}
+
+/// Detach the program of an interface taken out of the table.
+fn detach(iface: Interface, ifindex: u32) {
+    let name = iface.name;
+    match iface.program.detach() {
+        Ok(()) => info!(ifname = %name, ifindex, "detached the XSK program (no lease uses it)"),
+        Err(e) => warn!("{e}; the program may still be attached"),
     }
 }
 

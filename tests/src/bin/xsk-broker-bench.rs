@@ -15,6 +15,8 @@
 //! * how long a broker restarted with `--state-dir`/`--pin-dir` takes to
 //!   restore the leases and answer `status`, against a restart with none.
 //!
+//! The state file is on a tmpfs, as the packaged unit keeps it (/run).
+//!
 //! Prints one JSON object with medians, p50 and p99 (in microseconds) and
 //! the ratios; `scripts/bench-broker` runs it. Root only.
 
@@ -121,6 +123,18 @@ fn add_interface(tb: &Testbed, name: &str, queues: u32) -> Result<String> {
     Ok(name.to_owned())
 }
 
+/// Unmounts a mount point on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     if !nix::unistd::geteuid().is_root() {
@@ -129,7 +143,16 @@ fn main() -> Result<()> {
     let tb = Testbed::new(QUEUES_PER_IF).context("test bed")?;
     let dir = TempDir::new("xsk-broker-bench")?;
     let pins = BpfFs::mount(dir.path().join("bpffs"));
-    let state = dir.path().join("state");
+    // The state file on a tmpfs, as the packaged unit keeps it (/run).
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run)?;
+    xsk_testbed::run_command(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&run),
+    )?;
+    let _unmount = Unmount(run.clone());
+    let state = run.join("state");
     let pin_dir = pins.0.join("pins");
     let tok = &tb.xsk_if[2..];
     // Interfaces: held leases fill `held_ifs`; `one` and `many` keep one
