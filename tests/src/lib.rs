@@ -52,7 +52,7 @@ pub use broker::{
     workspace_bin, BrokerProcess, BROKER_READY_TIMEOUT, BROKER_STOP_GRACE, TEST_POLICY,
 };
 pub use capture::Capture;
-pub use client::{serial_guard, ClientProcess, TEST_FRAMES};
+pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use netns::{cleanup_stale_netns, Netns};

@@ -14,17 +14,17 @@
 //! * status shows a tenant only its own leases (unless `--status-group`);
 //! * queues are counted per uid, and root keeps reserved connections.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use serde_json::Value;
 use xsk_broker_protocol::{ErrorCode, OpenRequest, Request, Response, StatusRequest};
 use xsk_testbed::{
-    expect_error, nobody_ids, serial_guard, spawn_unprivileged, wait_until, workspace_bin,
-    BrokerProcess, RawPeer, TempDir, Testbed,
+    expect_error, line_reader, nobody_ids, serial_guard, spawn_unprivileged, wait_until,
+    workspace_bin, BrokerProcess, RawPeer, TempDir, Testbed,
 };
 
 const STEP: Duration = Duration::from_secs(15);
@@ -120,16 +120,7 @@ impl Attack {
     }
 
     fn reading(mut child: Child) -> Attack {
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_reader(child.stdout.take().expect("piped stdout"));
         Attack { child, lines }
     }
 

@@ -115,25 +115,8 @@ fn raise_nofile() {
 
 /// `xsk-brokerctl status --json` as nobody: its output, or why it failed.
 fn status_as_nobody(socket: &std::path::Path) -> Result<Value, String> {
-    let mut cmd = Command::new(workspace_bin("xsk-brokerctl").unwrap());
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(["status", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = spawn_unprivileged(&mut cmd)
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}"))
+    let out = xsk_testbed::brokerctl(socket, &["status", "--json"], true)?;
+    serde_json::from_str(&out).map_err(|e| format!("{e}"))
 }
 
 /// Run the flood from `conns` connections; while it holds, a good client
