@@ -202,12 +202,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Check a log filter (`--log-level`) as tracing-subscriber reads it.
 pub fn parse_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_owned())
         .map_err(|e| format!("{s:?} is not a log filter ({e}); use e.g. info or debug"))
 }
 
+/// Parse an octal permission mode such as 0660 (at most 0777).
 pub fn parse_mode(s: &str) -> Result<u32, String> {
     let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .map_err(|_| format!("{s:?} is not an octal mode such as 0660"))?;
