@@ -198,10 +198,12 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         );
     }
     spawn_interface_watcher(Arc::clone(&broker)).context("starting the interface watcher")?;
-    let started = std::time::Instant::now();
     for endpoint in metrics_endpoints {
-        metrics::spawn(endpoint, Arc::clone(&broker), started)
-            .context("starting the metrics thread")?;
+        metrics::spawn(
+            endpoint,
+            Arc::clone(&broker) as Arc<dyn crate::stats::SnapshotSource>,
+        )
+        .context("starting the metrics thread")?;
     }
     let socket_files = std::mem::take(&mut created.0);
     let waiter_broker = Arc::clone(&broker);

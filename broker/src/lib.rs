@@ -27,4 +27,5 @@ pub mod privs;
 pub mod probe;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod xdp;

@@ -15,16 +15,12 @@ use crate::peercred::peer_of;
 use crate::policy::{Ask, Identity, Policy};
 use crate::state::{Broker, Lease, Peer};
 
-/// When the broker started serving, for the uptime in status replies.
-static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
 /// Accept connections forever.
 pub fn serve(
     listener: UnixListener,
     broker: Arc<Broker>,
     policy: Arc<Policy>,
 ) -> std::io::Result<()> {
-    STARTED.get_or_init(std::time::Instant::now);
     let mut failures = AcceptFailures::new();
     loop {
         let (stream, _) = match listener.accept() {
@@ -281,7 +277,7 @@ impl Connection {
                             mode = %opened.mode, program_id = opened.program_id, "granted"
                         );
                         self.watch(&lease);
-                        crate::metrics::COUNTERS.grant();
+                        self.broker.counters().grant();
                         let fds = lease.fds();
                         let sent = self.send(&Response::Opened(opened), &fds);
                         drop(fds);
@@ -320,7 +316,7 @@ impl Connection {
                             pin = opened.pin_path.as_deref().unwrap_or("-"), "granted the XSKMAP"
                         );
                         self.watch(&lease);
-                        crate::metrics::COUNTERS.grant();
+                        self.broker.counters().grant();
                         let sent = self.send(&Response::MapOpened(opened), &[map_fd.as_fd()]);
                         drop(map_fd);
                         self.lease = Some(lease);
@@ -400,7 +396,7 @@ impl Connection {
                 event = "release", pid = p.pid, uid = p.uid, gid = p.gid,
                 ifname = %lease.ifname(), queues = ?lease.queues(), "released: {why}"
             );
-            crate::metrics::COUNTERS.release();
+            self.broker.counters().release();
             self.broker.release(lease);
             self.apply_idle_timeout();
         }
@@ -417,7 +413,7 @@ impl Connection {
     }
 
     fn reply_error(&self, e: ErrorReply) {
-        crate::metrics::COUNTERS.refusal(e.code);
+        self.broker.counters().refusal(e.code);
         self.send(&Response::Error(e), &[]);
     }
 }
@@ -429,9 +425,7 @@ fn status_reply(broker: &Broker, only_uid: Option<u32>) -> StatusReply {
     let mut reply = StatusReply {
         server: format!("xsk-brokerd/{}", env!("CARGO_PKG_VERSION")),
         pid: std::process::id(),
-        uptime_ms: STARTED.get().map_or(0, |t| {
-            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
-        }),
+        uptime_ms: u64::try_from(broker.counters().uptime().as_millis()).unwrap_or(u64::MAX),
         leases: Vec::new(),
         omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
     };
@@ -464,7 +458,7 @@ fn admit(broker: &Broker, stream: &UnixStream) -> Option<crate::limits::Connecti
         Ok(slot) => Some(slot),
         Err(e) => {
             debug!(pid, uid, code = %e.code, "connection refused: {}", e.message);
-            crate::metrics::COUNTERS.refusal(e.code);
+            broker.counters().refusal(e.code);
             // Never block the accept loop on a peer that does not read.
             if stream.set_nonblocking(true).is_ok() {
                 if let Ok(c) = stream.try_clone() {

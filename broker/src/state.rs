@@ -16,6 +16,7 @@ use xsk_broker_protocol::{
 use crate::limits::{Connections, Limits};
 use crate::persist::{self, InterfaceState, LeaseKind, LeaseState, StateDir, StateFile};
 use crate::probe;
+use crate::stats::{Counters, Snapshot, SnapshotSource};
 use crate::xdp::{self, XskProgram};
 
 /// Identifies a lease (one control connection's grant).
@@ -188,6 +189,8 @@ pub struct Broker {
     granting: Mutex<std::collections::HashSet<u32>>,
     /// Signalled when an interface leaves `granting`.
     granted: std::sync::Condvar,
+    /// Grants, releases and refusals since start.
+    counters: Counters,
 }
 
 /// One grant's turn on an interface: grants on one interface are made one at
@@ -268,6 +271,11 @@ impl Broker {
     pub fn with_queue_probe(mut self, probe: probe::QueueProbe) -> Broker {
         self.probe = Some(probe);
         self
+    }
+
+    /// Grants, releases and refusals since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The limits in force.
@@ -1284,7 +1292,7 @@ impl Broker {
                 gid: l.gid,
             };
             let Some(iface) = inner.interfaces.get_mut(&l.ifindex) else {
-                release_restored(l, "its interface or program is gone");
+                release_restored(l, "its interface or program is gone", &self.counters);
                 released += 1;
                 continue;
             };
@@ -1327,7 +1335,11 @@ impl Broker {
                     for q in &l.queues {
                         inner.previous.insert((l.ifindex, *q), peer);
                     }
-                    release_restored(l, "the holder exited while the broker was down");
+                    release_restored(
+                        l,
+                        "the holder exited while the broker was down",
+                        &self.counters,
+                    );
                     released += 1;
                 }
             }
@@ -1386,7 +1398,7 @@ impl Broker {
             ifname = %rec.ifname, queues = ?rec.map_queues,
             "released: the holder of a lease kept across a restart exited"
         );
-        crate::metrics::COUNTERS.release();
+        self.counters.release();
         detach_if_unused(&mut inner, rec.ifindex, self.persist.as_ref());
         let _ = self.save(&inner);
     }
@@ -1405,14 +1417,14 @@ fn not_recorded(e: persist::StateError) -> ErrorReply {
 
 /// End a lease of an earlier run at start (its map entries are already gone
 /// or are removed by the caller): remove its map pin, log and count it.
-fn release_restored(l: &persist::LeaseState, why: &str) {
+fn release_restored(l: &persist::LeaseState, why: &str, counters: &Counters) {
     remove_pin(l.map_pin.as_deref());
     info!(
         event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
         ifname = %l.ifname, queues = ?l.queues,
         "released: {why}"
     );
-    crate::metrics::COUNTERS.release();
+    counters.release();
 }
 
 fn remove_pin(pin: Option<&Path>) {
@@ -1467,6 +1479,18 @@ fn remove_stale_pins(p: &Persist, keep: &[PathBuf]) {
         match std::fs::remove_file(&path) {
             Ok(()) => info!(pin = %path.display(), "removed a stale pin"),
             Err(e) => warn!("cannot remove the stale pin {}: {e}", path.display()),
+        }
+    }
+}
+
+impl SnapshotSource for Broker {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            uptime: self.counters.uptime(),
+            grants: self.counters.grants(),
+            releases: self.counters.releases(),
+            refusals: self.counters.refusals(),
+            leases: self.lease_status(None),
         }
     }
 }
