@@ -8,6 +8,7 @@
 
 mod activation;
 mod cli;
+mod confine;
 mod limits;
 mod metrics;
 mod peercred;
@@ -329,16 +330,43 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         info!(metrics_listen = %local, "serving metrics on http://{local}/metrics");
         metrics_endpoints.push(metrics::Endpoint::Tcp(l));
     }
+    let confinement = Arc::new(confine::Confinement::setup(args.pin_dir.as_deref()));
+    match confinement.level() {
+        xsk_broker_protocol::ConfinementLevel::Kernel => info!(
+            confinement = %confinement.level(),
+            "confinement: kernel (interface, queue and copy mode of every leased socket): {}",
+            confinement.reason()
+        ),
+        level => {
+            if args.confinement == cli::ConfinementArg::Kernel {
+                bail!(
+                    "--confinement kernel: full confinement is not proven, refusing to start: {}",
+                    confinement.reason()
+                );
+            }
+            tracing::warn!(
+                confinement = %level,
+                "confinement: interface only (SO_BINDTOIFINDEX; the holder still chooses queue \
+                 and zero-copy): {}",
+                confinement.reason()
+            );
+        }
+    }
     let kept = privs::drop_unneeded(&permitted, args.bpffs_dir.is_some())?;
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     kept.sort();
     info!(
         socket = %control.shown, capabilities = %kept.join(","), policy = %policy.describe(),
+        confinement = %confinement.level(),
         "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
     );
 
     let limits = limits_from(&args)?;
-    let broker = Arc::new(state::Broker::new(args.bpffs_dir.clone(), persist).with_limits(limits));
+    let broker = Arc::new(
+        state::Broker::new(args.bpffs_dir.clone(), persist)
+            .with_limits(limits)
+            .with_confinement(Arc::clone(&confinement)),
+    );
     if args.state_dir.is_some() {
         let (kept, released) = broker
             .restore()

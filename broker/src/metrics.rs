@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
-use xsk_broker_protocol::ErrorCode;
+use xsk_broker_protocol::{ConfinementLevel, ErrorCode};
 
 use crate::state::Broker;
 
@@ -131,6 +131,23 @@ pub fn render(broker: &Broker, started: Instant) -> String {
         for code in CODES {
             let n = m.get(code.as_str()).copied().unwrap_or(0);
             let _ = writeln!(o, "xsk_broker_refusals_total{{code=\"{code}\"}} {n}");
+        }
+    }
+
+    if let Some(level) = broker.confinement_level() {
+        family(
+            &mut o,
+            "xsk_broker_confinement",
+            "gauge",
+            "What the kernel enforces on leased sockets: 1 for the level in force \
+             (interface: SO_BINDTOIFINDEX; kernel: interface, queue and copy mode by BPF LSM).",
+        );
+        for l in [ConfinementLevel::Interface, ConfinementLevel::Kernel] {
+            let _ = writeln!(
+                o,
+                "xsk_broker_confinement{{level=\"{l}\"}} {}",
+                u8::from(l == level)
+            );
         }
     }
 

@@ -310,6 +310,7 @@ fn status_reply(broker: &Broker) -> StatusReply {
         }),
         leases: Vec::new(),
         omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
+        confinement: broker.confinement_level(),
     };
     let leases = broker.lease_status();
     // `{...,"leases":[a,b,c],...}`: the envelope plus each lease and a comma.

@@ -14,9 +14,11 @@ use xsk_broker_protocol::{
     OpenRequest, Opened, SocketInfo, SocketStatus, XdpMode,
 };
 
+use crate::confine::{Confinement, SocketGrant};
 use crate::limits::{Connections, Limits};
 use crate::persist::{self, InterfaceState, LeaseKind, LeaseState, StateDir, StateFile};
 use crate::xdp::{self, XskProgram};
+use xsk_broker_protocol::ConfinementLevel;
 
 /// Identifies a lease (one control connection's grant).
 pub type LeaseId = u64;
@@ -170,6 +172,8 @@ pub struct Broker {
     connections: Arc<Connections>,
     /// Where the state survives a restart (`--state-dir`, `--pin-dir`).
     persist: Option<Persist>,
+    /// What the kernel is made to enforce on every socket handed out.
+    confinement: Option<Arc<Confinement>>,
 }
 
 /// The state file and the bpffs directory where each attached program and
@@ -211,6 +215,17 @@ impl Broker {
     pub fn with_limits(mut self, limits: Limits) -> Broker {
         self.limits = limits;
         self
+    }
+
+    /// Hold every socket created from now on to its grant with `confinement`.
+    pub fn with_confinement(mut self, confinement: Arc<Confinement>) -> Broker {
+        self.confinement = Some(confinement);
+        self
+    }
+
+    /// The confinement level in force, if confinement was set up.
+    pub fn confinement_level(&self) -> Option<ConfinementLevel> {
+        self.confinement.as_ref().map(|c| c.level())
     }
 
     /// The limits in force.
@@ -349,7 +364,7 @@ impl Broker {
                 (iface, true)
             }
         };
-        match create_sockets(iface, req) {
+        match create_sockets(iface, req, ifindex, self.confinement.as_deref()) {
             Ok(sockets) => {
                 let sockets: Vec<(u32, Arc<OwnedFd>)> = sockets
                     .into_iter()
@@ -770,7 +785,12 @@ fn attach(
     ))
 }
 
-fn create_sockets(iface: &Interface, req: &OpenRequest) -> Result<Vec<(u32, OwnedFd)>, ErrorReply> {
+fn create_sockets(
+    iface: &Interface,
+    req: &OpenRequest,
+    ifindex: u32,
+    confinement: Option<&Confinement>,
+) -> Result<Vec<(u32, OwnedFd)>, ErrorReply> {
     let mut sockets: Vec<(u32, OwnedFd)> = Vec::with_capacity(req.queues as usize);
     let result = (|| {
         for q in req.queue_ids() {
@@ -780,6 +800,16 @@ fn create_sockets(iface: &Interface, req: &OpenRequest) -> Result<Vec<(u32, Owne
                     format!("cannot create an AF_XDP socket for queue {q}: {e}"),
                 )
             })?;
+            if let Some(c) = confinement {
+                let grant = SocketGrant {
+                    ifindex,
+                    queue: q,
+                    copy: req.copy,
+                    shared_umem: false,
+                };
+                c.confine(fd.as_fd(), grant)
+                    .map_err(|e| err(ErrorCode::Internal, format!("queue {q}: {e}")))?;
+            }
             iface
                 .program
                 .insert(q, fd.as_fd())
