@@ -351,6 +351,13 @@ fn pins(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join(LINK_PIN), dir.join(MAP_PIN))
 }
 
+/// Whether `path` is one of the confinement pins (which the state restore
+/// must leave alone: they are not an interface's).
+pub fn is_pin(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n == LINK_PIN || n == MAP_PIN)
+}
+
 fn unpin(dir: &Path) {
     let (link_pin, map_pin) = pins(dir);
     for p in [link_pin, map_pin] {

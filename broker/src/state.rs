@@ -1202,7 +1202,7 @@ fn remove_stale_pins(p: &Persist, keep: &[PathBuf]) {
     };
     let mut stale: Vec<PathBuf> = dir
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|path| !keep.contains(path))
+        .filter(|path| !keep.contains(path) && !crate::confine::is_pin(path))
         .collect();
     stale.sort();
     for path in &stale {
