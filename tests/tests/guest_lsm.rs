@@ -143,8 +143,8 @@ fn result(log: &str, name: &str) -> Value {
     let prefix = format!("RESULT {name} ");
     let line = log
         .lines()
-        .filter_map(|l| after(l, &prefix))
-        .last()
+        .rev()
+        .find_map(|l| after(l, &prefix))
         .unwrap_or_else(|| panic!("no result for {name} in the serial log:\n{log}"));
     serde_json::from_str(line.trim())
         .unwrap_or_else(|e| panic!("result {name}: {line:?} is not JSON ({e}); log:\n{log}"))
