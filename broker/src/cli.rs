@@ -162,6 +162,26 @@ pub struct Args {
     /// lease).
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_seconds)]
     pub idle_timeout: f64,
+
+    /// What the kernel must enforce on every socket handed out. Every socket
+    /// is tied to its granted interface (SO_BINDTOIFINDEX: level
+    /// `interface`). Where the kernel runs BPF LSM programs, a program on
+    /// socket_bind also holds it to its queue and copy mode (level `kernel`;
+    /// needs CAP_BPF and CAP_PERFMON, proven at start by a canary bind).
+    /// `auto` runs at the best level proven; `kernel` refuses to start
+    /// unless level `kernel` is proven. With --pin-dir the program is pinned
+    /// there and reused by a restarted broker. See docs/CONFINEMENT.md.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = ConfinementArg::Auto)]
+    pub confinement: ConfinementArg,
+}
+
+/// `--confinement`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfinementArg {
+    /// The best level this kernel proves (`kernel`, else `interface`).
+    Auto,
+    /// Level `kernel` or refuse to start.
+    Kernel,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

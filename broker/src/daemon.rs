@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cli::{Args, LogFormat};
+use crate::cli::{self, Args, LogFormat};
+use crate::confine;
 use crate::control::{bind_socket, control_socket, RemoveOnDrop};
 use crate::{
     activation, budget::limits_from, logsafe, metrics, persist, policy, privs, probe, server,
@@ -166,16 +167,41 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         info!(metrics_listen = %local, "serving metrics on http://{local}/metrics");
         metrics_endpoints.push(metrics::Endpoint::Tcp(l));
     }
+    let confinement = Arc::new(confine::Confinement::setup(args.pin_dir.as_deref()));
+    match confinement.level() {
+        xsk_broker_protocol::ConfinementLevel::Kernel => info!(
+            confinement = %confinement.level(),
+            "confinement: kernel (interface, queue and copy mode of every leased socket): {}",
+            confinement.reason()
+        ),
+        level => {
+            if args.confinement == cli::ConfinementArg::Kernel {
+                bail!(
+                    "--confinement kernel: full confinement is not proven, refusing to start: {}",
+                    confinement.reason()
+                );
+            }
+            warn!(
+                confinement = %level,
+                "confinement: interface only (SO_BINDTOIFINDEX; the holder still chooses queue \
+                 and zero-copy): {}",
+                confinement.reason()
+            );
+        }
+    }
     let kept = privs::drop_unneeded(&permitted, args.bpffs_dir.is_some())?;
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     kept.sort();
     info!(
         socket = %control.shown, capabilities = %kept.join(","), policy = %policy.describe(),
+        confinement = %confinement.level(),
         "xsk-brokerd {} listening", env!("CARGO_PKG_VERSION")
     );
 
     let limits = limits_from(&args)?;
-    let broker = state::Broker::new(args.bpffs_dir.clone(), persist).with_limits(limits);
+    let broker = state::Broker::new(args.bpffs_dir.clone(), persist)
+        .with_limits(limits)
+        .with_confinement(Arc::clone(&confinement));
     let broker = Arc::new(match probe::QueueProbe::open() {
         Ok(p) => broker.with_queue_probe(p),
         Err(e) => {

@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod budget;
 pub mod cli;
+pub mod confine;
 pub mod control;
 pub mod ctl_cli;
 pub mod daemon;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::stats::{Snapshot, SnapshotSource};
 use tracing::{debug, warn};
+use xsk_broker_protocol::ConfinementLevel;
 
 /// Escape a label value (`\`, `"` and newlines).
 fn label(v: &str) -> String {
@@ -73,6 +74,23 @@ pub fn render(snap: &Snapshot) -> String {
     );
     for (code, n) in &snap.refusals {
         let _ = writeln!(o, "xsk_broker_refusals_total{{code=\"{code}\"}} {n}");
+    }
+
+    if let Some(level) = snap.confinement {
+        family(
+            &mut o,
+            "xsk_broker_confinement",
+            "gauge",
+            "What the kernel enforces on leased sockets: 1 for the level in force \
+             (interface: SO_BINDTOIFINDEX; kernel: interface, queue and copy mode by BPF LSM).",
+        );
+        for l in [ConfinementLevel::Interface, ConfinementLevel::Kernel] {
+            let _ = writeln!(
+                o,
+                "xsk_broker_confinement{{level=\"{l}\"}} {}",
+                u8::from(l == level)
+            );
+        }
     }
 
     let leases = &snap.leases;

@@ -26,6 +26,11 @@ pub fn keep_set(permitted: &CapsHashSet, pins: bool) -> CapsHashSet {
     } else {
         keep.insert(Capability::CAP_SYS_ADMIN);
     }
+    // The confinement LSM program (confine.rs) is a tracing-class program:
+    // CAP_BPF + CAP_PERFMON load it. Kept when held, never required.
+    if permitted.contains(&Capability::CAP_PERFMON) {
+        keep.insert(Capability::CAP_PERFMON);
+    }
     keep
 }
 

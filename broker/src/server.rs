@@ -428,6 +428,7 @@ fn status_reply(broker: &Broker, only_uid: Option<u32>) -> StatusReply {
         uptime_ms: u64::try_from(broker.counters().uptime().as_millis()).unwrap_or(u64::MAX),
         leases: Vec::new(),
         omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
+        confinement: broker.confinement_level(),
     };
     let leases = broker.lease_status(only_uid);
     // `{...,"leases":[a,b,c],...}`: the envelope plus each lease and a comma.

@@ -13,11 +13,13 @@ use xsk_broker_protocol::{
     OpenRequest, Opened, SocketInfo, SocketStatus, XdpMode,
 };
 
+use crate::confine::{Confinement, SocketGrant};
 use crate::limits::{Connections, Limits};
 use crate::persist::{self, InterfaceState, LeaseKind, LeaseState, StateDir, StateFile};
 use crate::probe;
 use crate::stats::{Counters, Snapshot, SnapshotSource};
 use crate::xdp::{self, XskProgram};
+use xsk_broker_protocol::ConfinementLevel;
 
 /// Identifies a lease (one control connection's grant).
 pub type LeaseId = u64;
@@ -191,6 +193,8 @@ pub struct Broker {
     granted: std::sync::Condvar,
     /// Grants, releases and refusals since start.
     counters: Counters,
+    /// What the kernel is made to enforce on every socket handed out.
+    confinement: Option<Arc<Confinement>>,
 }
 
 /// One grant's turn on an interface: grants on one interface are made one at
@@ -276,6 +280,17 @@ impl Broker {
     /// Grants, releases and refusals since start.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Hold every socket created from now on to its grant with `confinement`.
+    pub fn with_confinement(mut self, confinement: Arc<Confinement>) -> Broker {
+        self.confinement = Some(confinement);
+        self
+    }
+
+    /// The confinement level in force, if confinement was set up.
+    pub fn confinement_level(&self) -> Option<ConfinementLevel> {
+        self.confinement.as_ref().map(|c| c.level())
     }
 
     /// The limits in force.
@@ -421,7 +436,7 @@ impl Broker {
             .interfaces
             .get_mut(&ifindex)
             .expect("present: prepare_grant attached it or found it");
-        match create_sockets(iface, req) {
+        match create_sockets(iface, req, ifindex, self.confinement.as_deref()) {
             Ok(sockets) => {
                 let sockets: Vec<(u32, Arc<OwnedFd>)> = sockets
                     .into_iter()
@@ -1027,7 +1042,12 @@ fn attach(
     ))
 }
 
-fn create_sockets(iface: &Interface, req: &OpenRequest) -> Result<Vec<(u32, OwnedFd)>, ErrorReply> {
+fn create_sockets(
+    iface: &Interface,
+    req: &OpenRequest,
+    ifindex: u32,
+    confinement: Option<&Confinement>,
+) -> Result<Vec<(u32, OwnedFd)>, ErrorReply> {
     let mut sockets: Vec<(u32, OwnedFd)> = Vec::with_capacity(req.queues as usize);
     let result = (|| {
         for q in req.queue_ids() {
@@ -1037,6 +1057,16 @@ fn create_sockets(iface: &Interface, req: &OpenRequest) -> Result<Vec<(u32, Owne
                     format!("cannot create an AF_XDP socket for queue {q}: {e}"),
                 )
             })?;
+            if let Some(c) = confinement {
+                let grant = SocketGrant {
+                    ifindex,
+                    queue: q,
+                    copy: req.copy,
+                    shared_umem: false,
+                };
+                c.confine(fd.as_fd(), grant)
+                    .map_err(|e| err(ErrorCode::Internal, format!("queue {q}: {e}")))?;
+            }
             iface
                 .program
                 .insert(q, fd.as_fd())
@@ -1447,7 +1477,7 @@ fn remove_stale_pins(p: &Persist, keep: &[PathBuf]) {
     };
     let mut stale: Vec<PathBuf> = dir
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|path| !keep.contains(path))
+        .filter(|path| !keep.contains(path) && !crate::confine::is_pin(path))
         .collect();
     stale.sort();
     for path in &stale {
@@ -1491,6 +1521,7 @@ impl SnapshotSource for Broker {
             releases: self.counters.releases(),
             refusals: self.counters.refusals(),
             leases: self.lease_status(None),
+            confinement: self.confinement_level(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use xsk_broker_protocol::{ErrorCode, LeaseStatus};
+use xsk_broker_protocol::{ConfinementLevel, ErrorCode, LeaseStatus};
 
 /// Counters since the broker started.
 #[derive(Debug)]
@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub refusals: BTreeMap<&'static str, u64>,
     /// Every lease held now, with its sockets' kernel statistics.
     pub leases: Vec<LeaseStatus>,
+    /// What the kernel enforces on leased sockets, where it was set up.
+    pub confinement: Option<ConfinementLevel>,
 }
 
 /// Something that can give a [`Snapshot`] (the broker).

@@ -397,6 +397,43 @@ pub struct StatusReply {
     /// limit (the newest are left out first). Normally 0.
     #[serde(default)]
     pub omitted_leases: u32,
+    /// What the kernel enforces on the sockets the broker hands out (absent
+    /// from brokers that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confinement: Option<ConfinementLevel>,
+}
+
+/// How far the kernel holds a leased socket to its lease (see
+/// docs/CONFINEMENT.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfinementLevel {
+    /// `SO_BINDTOIFINDEX` only: a bind to another interface fails, but the
+    /// holder chooses the queue and zero-copy.
+    Interface,
+    /// Interface, queue and copy mode: a BPF LSM program refuses any other
+    /// bind, proven at start by a canary bind.
+    Kernel,
+    /// A level from a newer broker that this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ConfinementLevel {
+    /// The level's name as on the wire (`interface`, `kernel`, `unknown`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfinementLevel::Interface => "interface",
+            ConfinementLevel::Kernel => "kernel",
+            ConfinementLevel::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ConfinementLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Stable error codes.
@@ -839,9 +876,24 @@ mod tests {
                 ],
             }],
             omitted_leases: 0,
+            confinement: Some(ConfinementLevel::Kernel),
         });
         let body = encode_body(&status).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(r#""confinement":"kernel""#));
         assert_eq!(decode_response(&body).unwrap(), status);
+        // A broker that predates the field: it decodes as unknown (None).
+        let old = br#"{"op":"status","server":"s","pid":1,"uptime_ms":0,"leases":[]}"#;
+        match decode_response(old).unwrap() {
+            Response::Status(s) => assert_eq!(s.confinement, None),
+            other => panic!("expected a status reply, got {other:?}"),
+        }
+        // A level a newer broker may add decodes as Unknown.
+        let newer = br#"{"op":"status","server":"s","pid":1,"uptime_ms":0,"leases":[],
+            "confinement":"hypervisor"}"#;
+        match decode_response(newer).unwrap() {
+            Response::Status(s) => assert_eq!(s.confinement, Some(ConfinementLevel::Unknown)),
+            other => panic!("expected a status reply, got {other:?}"),
+        }
         // A statistics object with a field this version does not know is refused.
         let bad = br#"{"op":"status","server":"s","pid":1,"uptime_ms":0,"leases":[{"id":0,
             "ifname":"a","ifindex":1,"queues":[0],"holder":{"pid":1,"uid":0,"gid":0},

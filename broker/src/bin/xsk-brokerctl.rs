@@ -124,6 +124,20 @@ fn human(s: &StatusReply) -> String {
         s.leases.len(),
         queues
     );
+    match s.confinement {
+        Some(level) => out.push_str(&format!(
+            "confinement: {level} ({})\n",
+            match level {
+                xsk_broker_protocol::ConfinementLevel::Kernel =>
+                    "the kernel holds each leased socket to its interface, queue and copy mode",
+                xsk_broker_protocol::ConfinementLevel::Interface =>
+                    "the kernel holds each leased socket to its interface; queue and copy mode \
+                     are not enforced",
+                xsk_broker_protocol::ConfinementLevel::Unknown => "a level this tool does not know",
+            }
+        )),
+        None => out.push_str("confinement: not reported (older broker)\n"),
+    }
     if s.omitted_leases > 0 {
         out.push_str(&format!(
             "({} newer lease(s) left out: the reply would exceed the message size limit)\n",
