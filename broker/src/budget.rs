@@ -10,9 +10,31 @@ use crate::limits;
 /// The limits from the command line, checked, with the open-file limit
 /// raised to fit them.
 pub fn limits_from(args: &Args) -> Result<limits::Limits> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    }
+    let max_connections = match args.max_connections {
+        Some(n) => n,
+        None => {
+            let fit = usize::try_from(FdBudget::connections_that_fit(hard)).unwrap_or(usize::MAX);
+            let n = limits::DEFAULT_MAX_CONNECTIONS.min(fit);
+            if n < limits::DEFAULT_MAX_CONNECTIONS {
+                info!(
+                    "--max-connections defaults to {n}, what the open-file limit ({hard}) holds \
+                     (the default is {}; raise LimitNOFILE= for more)",
+                    limits::DEFAULT_MAX_CONNECTIONS
+                );
+            }
+            n
+        }
+    };
     let limits = limits::Limits {
-        max_connections: args.max_connections,
-        max_connections_per_uid: args.max_connections_per_uid,
+        max_connections,
+        max_connections_per_uid: args
+            .max_connections_per_uid
+            .unwrap_or((max_connections / 4).max(1)),
         max_leases_per_uid: args.max_leases_per_uid,
         max_queues_per_lease: args.max_queues_per_lease,
         max_queues_per_uid: args.max_queues_per_uid,
@@ -20,11 +42,6 @@ pub fn limits_from(args: &Args) -> Result<limits::Limits> {
         idle_timeout: std::time::Duration::from_secs_f64(args.idle_timeout),
     };
     limits.check().map_err(anyhow::Error::msg)?;
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
-    }
     let budget = FdBudget::of(&limits);
     budget.check(hard).map_err(anyhow::Error::msg)?;
     if let Some(warning) = budget.warning(hard) {
@@ -84,6 +101,11 @@ impl FdBudget {
         }
     }
 
+    /// How many connections `nofile` fds hold.
+    fn connections_that_fit(nofile: u64) -> u64 {
+        nofile.saturating_sub(FD_RESERVE) / 2
+    }
+
     /// Refuse limits whose connections alone would not fit `nofile`: the
     /// broker would run out of fds (failing accept and grants) before any
     /// limit refused a peer.
@@ -91,7 +113,7 @@ impl FdBudget {
         if nofile >= self.connections {
             return Ok(());
         }
-        let fit = nofile.saturating_sub(FD_RESERVE) / 2;
+        let fit = Self::connections_that_fit(nofile);
         Err(format!(
             "the open-file limit (RLIMIT_NOFILE hard limit {nofile}) is too low for \
              --max-connections {}: each connection is an fd and one more while it holds a \

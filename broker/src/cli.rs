@@ -120,17 +120,19 @@ pub struct Args {
 
     /// Most connections open at once, all users together. A connection over
     /// a limit gets a `not_permitted` error naming it and is closed at once.
-    /// The broker raises its open-file limit to the hard limit at start and
-    /// refuses to start if that cannot hold two fds per connection (its
-    /// stream, and one more while it holds a lease) plus 64 of its own.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub max_connections: usize,
+    /// The broker raises its open-file limit to the hard limit at start; it
+    /// needs two fds per connection (its stream, and one more while it holds
+    /// a lease) plus 64 of its own. Unset, it is 4096, lowered to what the
+    /// open-file limit holds; set, a limit that cannot hold it is an error.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
 
     /// Most connections one uid may have open at once; at most
     /// --max-connections, and best well below it, so that no one user can
-    /// take every connection and lock the others out.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    pub max_connections_per_uid: usize,
+    /// take every connection and lock the others out. Unset, a quarter of
+    /// --max-connections.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_uid: Option<usize>,
 
     /// Most leases one uid may hold at once (`not_permitted` beyond).
     #[arg(long, value_name = "N", default_value_t = 256)]
