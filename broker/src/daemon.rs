@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::cli::{self, Args, LogFormat};
 use crate::confine;
 use crate::control::{bind_socket, control_socket, RemoveOnDrop};
+use crate::kernel::RealKernel;
 use crate::{
     activation, budget::limits_from, logsafe, metrics, persist, policy, privs, probe, server,
     state, xdp,
@@ -201,20 +202,20 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
     );
 
     let limits = limits_from(&args)?;
-    let broker = state::Broker::new(args.bpffs_dir.clone(), persist)
-        .with_limits(limits)
-        .with_confinement(Arc::clone(&confinement));
-    let broker = Arc::new(match probe::QueueProbe::open() {
-        Ok(p) => broker.with_queue_probe(p),
+    let kernel = RealKernel::default().with_confinement(Arc::clone(&confinement));
+    let kernel = match probe::QueueProbe::open() {
+        Ok(p) => kernel.with_queue_probe(p),
         Err(e) => {
             warn!(
                 "cannot check queues for AF_XDP sockets left bound by earlier holders: {e}; a \
                  queue whose previous holder keeps its bound socket will be granted and the new \
                  holder's bind will fail with EBUSY"
             );
-            broker
+            kernel
         }
-    });
+    };
+    let broker =
+        Arc::new(state::Broker::new(kernel, args.bpffs_dir.clone(), persist).with_limits(limits));
     if args.state_dir.is_some() {
         let (kept, released) = broker
             .restore()

@@ -17,6 +17,7 @@ use crate::confine::{Confinement, SocketGrant};
 use crate::probe::{self, QueueProbe, QueueUse};
 use crate::xdp::{self, QueueCounts, XdpError, XskProgram};
 
+/// A kernel in memory for the unit tests.
 #[cfg(test)]
 pub mod fake;
 
@@ -54,8 +55,7 @@ pub trait Kernel: Send + Sync + 'static {
     fn queue_counts(&self, ifname: &str) -> io::Result<QueueCounts>;
     /// Whether an AF_XDP socket is bound to the queue, waiting up to `grace`
     /// for one closed just now to let go; None where the kernel cannot tell.
-    fn queue_use(&self, ifindex: u32, queue: u32, grace: Duration)
-        -> Option<io::Result<QueueUse>>;
+    fn queue_use(&self, ifindex: u32, queue: u32, grace: Duration) -> Option<io::Result<QueueUse>>;
     /// An XDP program attached to the interface, in any mode: (mode, id).
     fn attached_program(&self, ifindex: u32) -> Option<(AttachMode, u32)>;
     /// Load the XSK program with an XSKMAP of `entries` and attach it.
@@ -164,12 +164,7 @@ impl Kernel for RealKernel {
         xdp::queue_counts(ifname)
     }
 
-    fn queue_use(
-        &self,
-        ifindex: u32,
-        queue: u32,
-        grace: Duration,
-    ) -> Option<io::Result<QueueUse>> {
+    fn queue_use(&self, ifindex: u32, queue: u32, grace: Duration) -> Option<io::Result<QueueUse>> {
         let probe = self.probe.as_ref()?;
         Some(probe.queue_use_settled(ifindex, queue, grace))
     }

@@ -18,6 +18,8 @@ pub mod confine;
 pub mod control;
 pub mod ctl_cli;
 pub mod daemon;
+pub mod error;
+pub mod kernel;
 pub mod limits;
 pub mod logsafe;
 pub mod metrics;

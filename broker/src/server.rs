@@ -11,6 +11,7 @@ use xsk_broker_protocol::{
     Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
+use crate::kernel::Kernel;
 use crate::peercred::peer_of;
 use crate::policy::{Ask, Identity, Policy};
 use crate::state::{Broker, Lease, Peer};
@@ -285,7 +286,7 @@ impl Connection {
                         self.on_leased();
                         sent
                     }
-                    Err(e) => self.refuse(&req.ifname, e),
+                    Err(e) => self.refuse(&req.ifname, e.into()),
                 }
             }
             Request::Release => {
@@ -323,7 +324,7 @@ impl Connection {
                         self.on_leased();
                         sent
                     }
-                    Err(e) => self.refuse(&req.ifname, e),
+                    Err(e) => self.refuse(&req.ifname, e.into()),
                 }
             }
             Request::Status(_) => {
@@ -367,7 +368,10 @@ impl Connection {
     /// The canonical name of the interface a peer named (by its name or an
     /// alternative name): what the policy, the logs and the reply use.
     fn canonical(&self, asked: String) -> Result<String, ErrorReply> {
-        let (ifindex, canonical) = crate::state::resolve_interface(&asked)?;
+        let (ifindex, canonical) = self
+            .broker
+            .resolve_interface(&asked)
+            .map_err(ErrorReply::from)?;
         if canonical != asked {
             debug!(
                 pid = self.peer.pid, asked = ?asked, ifname = %canonical, ifindex,
@@ -428,7 +432,7 @@ fn status_reply(broker: &Broker, only_uid: Option<u32>) -> StatusReply {
         uptime_ms: u64::try_from(broker.counters().uptime().as_millis()).unwrap_or(u64::MAX),
         leases: Vec::new(),
         omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
-        confinement: broker.confinement_level(),
+        confinement: broker.kernel().confinement_level(),
     };
     let leases = broker.lease_status(only_uid);
     // `{...,"leases":[a,b,c],...}`: the envelope plus each lease and a comma.

@@ -1,0 +1,90 @@
+//! What `status` and the metrics read: the lease table copied under the
+//! lock, the sockets' kernel statistics read after it is let go.
+
+use std::os::fd::AsFd;
+
+use xsk_broker_protocol::{AttachMode, Holder, LeaseStatus, SocketStatus};
+
+use super::{Broker, LeasedSocket};
+use crate::kernel::{Kernel, Program};
+use crate::stats::{Snapshot, SnapshotSource};
+
+impl<K: Kernel> Broker<K> {
+    /// Every lease, oldest first, with each socket's kernel statistics read
+    /// on the broker's own copy of its fd; only those of uid `only_uid` when
+    /// given (a peer that may not see the other tenants).
+    pub fn lease_status(&self, only_uid: Option<u32>) -> Vec<LeaseStatus> {
+        // The table is copied under the lock; the sockets' statistics are
+        // read after it is let go, so a status never holds up a grant.
+        let snapshot: Vec<(LeaseStatus, Vec<LeasedSocket>)> = {
+            let inner = self.lock();
+            inner
+                .leases
+                .iter()
+                .filter(|(_, rec)| only_uid.is_none_or(|uid| rec.peer.uid == uid))
+                .map(|(id, rec)| {
+                    let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
+                    let status = LeaseStatus {
+                        id: *id,
+                        ifname: rec.ifname.clone(),
+                        ifindex: rec.ifindex,
+                        queues: rec.queues(),
+                        holder: Holder {
+                            pid: rec.peer.pid,
+                            uid: rec.peer.uid,
+                            gid: rec.peer.gid,
+                        },
+                        mode: program.map_or(AttachMode::Skb, |p| p.mode()),
+                        program_id: program.map_or(0, |p| p.attached_id()),
+                        age_ms: u64::try_from(rec.granted.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        sockets: Vec::new(),
+                    };
+                    (status, rec.sockets.clone())
+                })
+                .collect()
+        };
+        snapshot
+            .into_iter()
+            .map(|(mut status, sockets)| {
+                status.sockets = sockets
+                    .iter()
+                    .map(|(q, fd)| match self.kernel.statistics(fd.as_fd()) {
+                        Ok(st) => SocketStatus {
+                            queue_id: *q,
+                            statistics: Some(st),
+                            error: None,
+                        },
+                        Err(e) => SocketStatus {
+                            queue_id: *q,
+                            statistics: None,
+                            error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
+                        },
+                    })
+                    .collect();
+                status
+            })
+            .collect()
+    }
+
+    /// Number of interfaces with the program attached and queues leased,
+    /// for logs and tests.
+    pub fn summary(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let queues = inner.interfaces.values().map(|i| i.queues.len()).sum();
+        (inner.interfaces.len(), queues)
+    }
+}
+
+impl<K: Kernel> SnapshotSource for Broker<K> {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            uptime: self.counters.uptime(),
+            grants: self.counters.grants(),
+            releases: self.counters.releases(),
+            refusals: self.counters.refusals(),
+            leases: self.lease_status(None),
+            confinement: self.kernel.confinement_level(),
+        }
+    }
+}
