@@ -1,5 +1,6 @@
 //! Compiles the BPF LSM program (bpf/xsk_confine.bpf.c) with clang into
-//! `$OUT_DIR/xsk_confine.bpf.o`, which confine.rs embeds.
+//! `$OUT_DIR/xsk_confine.bpf.o`, which confine.rs embeds, and the C file
+//! that formats libxdp's messages (csrc/libxdp_log.c).
 //!
 //! libbpf's headers (bpf_helpers.h, bpf_tracing.h) come from the libbpf-sys
 //! build (`DEP_BPF_INCLUDE`), else from /usr/include (Debian's libbpf-dev).
@@ -9,6 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    // libxdp's diagnostics are printf-style with a va_list, which only C can
+    // take portably: a small C file formats them for the Rust logger.
+    println!("cargo:rerun-if-changed=csrc/libxdp_log.c");
+    cc::Build::new()
+        .file("csrc/libxdp_log.c")
+        .warnings(true)
+        .compile("xsk_broker_libxdp_log");
+
     let src = "bpf/xsk_confine.bpf.c";
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=CLANG");

@@ -573,48 +573,39 @@ fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
 
 /// Route libxdp's and libbpf's diagnostics into our log.
 pub fn route_library_logs() {
-    // SAFETY: installs a callback with the signature libxdp expects.
+    // SAFETY: installs a callback with the signature the C side declares;
+    // the C side formats each message (va_list stays in C) and calls it.
     unsafe {
-        sys::libxdp_set_print(Some(libxdp_log));
+        xsk_broker_route_libxdp_print(libxdp_log);
     }
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
 }
 
 extern "C" {
-    fn vsnprintf(
-        buf: *mut c_char,
-        n: usize,
-        fmt: *const c_char,
-        ap: *mut sys::__va_list_tag,
-    ) -> c_int;
+    /// csrc/libxdp_log.c: routes libxdp's messages, formatted, to `sink`.
+    fn xsk_broker_route_libxdp_print(sink: unsafe extern "C" fn(c_int, *const c_char));
 }
 
-fn format_va(fmt: *const c_char, ap: *mut sys::__va_list_tag) -> String {
-    let mut buf = [0 as c_char; 512];
-    // SAFETY: buf is writable for its length; fmt and ap come from the
-    // library's own printf-style call.
-    let n = unsafe { vsnprintf(buf.as_mut_ptr(), buf.len(), fmt, ap) };
-    if n < 0 {
-        return String::new();
+/// libxdp's `LIBXDP_WARN` and `LIBXDP_INFO` print levels.
+const LIBXDP_WARN: c_int = sys::libxdp_print_level_LIBXDP_WARN as c_int;
+const LIBXDP_INFO: c_int = sys::libxdp_print_level_LIBXDP_INFO as c_int;
+
+unsafe extern "C" fn libxdp_log(level: c_int, msg: *const c_char) {
+    if msg.is_null() {
+        return;
     }
-    // SAFETY: vsnprintf NUL-terminates within the buffer.
-    let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
-    s.to_string_lossy().trim_end().to_owned()
-}
-
-unsafe extern "C" fn libxdp_log(
-    level: sys::libxdp_print_level,
-    fmt: *const c_char,
-    ap: *mut sys::__va_list_tag,
-) -> c_int {
-    let msg = format_va(fmt, ap);
+    // SAFETY: the C side passes a NUL-terminated buffer that lives for the
+    // call.
+    let msg = unsafe { CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .trim_end()
+        .to_owned();
     // No unwinding across the C caller.
     let _ = std::panic::catch_unwind(|| match level {
-        sys::libxdp_print_level_LIBXDP_WARN => tracing::warn!(target: "libxdp", "{msg}"),
-        sys::libxdp_print_level_LIBXDP_INFO => tracing::debug!(target: "libxdp", "{msg}"),
+        LIBXDP_WARN => tracing::warn!(target: "libxdp", "{msg}"),
+        LIBXDP_INFO => tracing::debug!(target: "libxdp", "{msg}"),
         _ => tracing::trace!(target: "libxdp", "{msg}"),
     });
-    0
 }
 
 fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
