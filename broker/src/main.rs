@@ -308,28 +308,8 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
         }
         _ => None,
     };
-    let control = control_socket(&args, activation)?;
-    // Socket files this broker created: removed if start-up fails, and at exit.
-    let mut created = RemoveOnDrop(control.remove_at_exit.iter().cloned().collect());
-    let mut metrics_endpoints = Vec::new();
-    if let Some(path) = &args.metrics_socket {
-        let mode = args.metrics_socket_mode.unwrap_or(0o600);
-        let l = bind_socket(path, mode).context("--metrics-socket")?;
-        created.0.push(path.clone());
-        info!(socket = %path.display(), mode = format!("{mode:o}"), "serving metrics");
-        metrics_endpoints.push(metrics::Endpoint::Unix(l));
-    }
-    if let Some(addr) = args.metrics_listen {
-        let l = std::net::TcpListener::bind(addr).with_context(|| {
-            format!(
-                "--metrics-listen {addr}: cannot listen (under systemd, RestrictAddressFamilies= \
-                 must allow AF_INET/AF_INET6 for this)"
-            )
-        })?;
-        let local = l.local_addr().context("--metrics-listen: local address")?;
-        info!(metrics_listen = %local, "serving metrics on http://{local}/metrics");
-        metrics_endpoints.push(metrics::Endpoint::Tcp(l));
-    }
+    // Before the control socket exists: no client meets a broker that has
+    // not decided its confinement, and a refusal leaves no socket behind.
     let confinement = Arc::new(confine::Confinement::setup(args.pin_dir.as_deref()));
     match confinement.level() {
         xsk_broker_protocol::ConfinementLevel::Kernel => info!(
@@ -351,6 +331,28 @@ fn run(args: Args, activation: activation::Activation) -> Result<()> {
                 confinement.reason()
             );
         }
+    }
+    let control = control_socket(&args, activation)?;
+    // Socket files this broker created: removed if start-up fails, and at exit.
+    let mut created = RemoveOnDrop(control.remove_at_exit.iter().cloned().collect());
+    let mut metrics_endpoints = Vec::new();
+    if let Some(path) = &args.metrics_socket {
+        let mode = args.metrics_socket_mode.unwrap_or(0o600);
+        let l = bind_socket(path, mode).context("--metrics-socket")?;
+        created.0.push(path.clone());
+        info!(socket = %path.display(), mode = format!("{mode:o}"), "serving metrics");
+        metrics_endpoints.push(metrics::Endpoint::Unix(l));
+    }
+    if let Some(addr) = args.metrics_listen {
+        let l = std::net::TcpListener::bind(addr).with_context(|| {
+            format!(
+                "--metrics-listen {addr}: cannot listen (under systemd, RestrictAddressFamilies= \
+                 must allow AF_INET/AF_INET6 for this)"
+            )
+        })?;
+        let local = l.local_addr().context("--metrics-listen: local address")?;
+        info!(metrics_listen = %local, "serving metrics on http://{local}/metrics");
+        metrics_endpoints.push(metrics::Endpoint::Tcp(l));
     }
     let kept = privs::drop_unneeded(&permitted, args.bpffs_dir.is_some())?;
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
