@@ -487,6 +487,9 @@ mod tests {
         let other = grant.ifindex + 1000;
         let e = bind_xdp(sock.as_fd(), other, 0, libc::XDP_COPY).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        let unconfined = crate::xdp::create_xsk_socket().unwrap();
+        let e = bind_xdp(unconfined.as_fd(), other, 0, libc::XDP_COPY).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "unconfined: {e}");
     }
 
     #[test]
