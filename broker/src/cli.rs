@@ -121,15 +121,19 @@ pub struct Args {
 
     /// Most connections open at once, all users together. A connection over
     /// a limit gets a `not_permitted` error naming it and is closed at once.
-    /// The broker raises its open-file limit to the hard limit at start.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub max_connections: usize,
+    /// The broker raises its open-file limit to the hard limit at start; it
+    /// needs two fds per connection (its stream, and one more while it holds
+    /// a lease) plus 64 of its own. Unset, it is 4096, lowered to what the
+    /// open-file limit holds; set, a limit that cannot hold it is an error.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
 
     /// Most connections one uid may have open at once; at most
     /// --max-connections, and best well below it, so that no one user can
-    /// take every connection and lock the others out.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    pub max_connections_per_uid: usize,
+    /// take every connection and lock the others out. Unset, a quarter of
+    /// --max-connections.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_uid: Option<usize>,
 
     /// Most leases one uid may hold at once (`not_permitted` beyond).
     #[arg(long, value_name = "N", default_value_t = 256)]
@@ -138,6 +142,21 @@ pub struct Args {
     /// Most queues one lease may hold, 1..=64 (`not_permitted` beyond).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_queues_per_lease: u32,
+
+    /// Most queues one uid may hold at once over all its leases, sockets and
+    /// map leases together (`not_permitted` beyond).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_queues_per_uid: usize,
+
+    /// Connections, out of --max-connections, that only root may take: no
+    /// mix of other users' connections can lock the administrator out.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub reserved_root_connections: usize,
+
+    /// Peers in this group (primary or supplementary) see every lease in
+    /// `status`; others see only their own leases. Root always sees all.
+    #[arg(long, value_name = "GROUP")]
+    pub status_group: Option<String>,
 
     /// Seconds a connection without a lease may stay open without sending a
     /// complete request, and that any one message may take from its first
@@ -200,18 +219,20 @@ pub fn check_loopback(addr: std::net::SocketAddr) -> Result<(), String> {
 /// How log lines are written.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
-    /// Readable lines (colored when standard error is a terminal).
+    /// Readable lines (control characters from peers escaped, no colours).
     Human,
     /// One JSON object per line.
     Json,
 }
 
+/// Check a log filter (`--log-level`) as tracing-subscriber reads it.
 pub fn parse_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_owned())
         .map_err(|e| format!("{s:?} is not a log filter ({e}); use e.g. info or debug"))
 }
 
+/// Parse an octal permission mode such as 0660 (at most 0777).
 pub fn parse_mode(s: &str) -> Result<u32, String> {
     let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .map_err(|_| format!("{s:?} is not an octal mode such as 0660"))?;

@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 1024;
 pub const DEFAULT_MAX_LEASES_PER_UID: usize = 256;
 /// Default `--max-queues-per-lease` (the protocol's own ceiling).
 pub const DEFAULT_MAX_QUEUES_PER_LEASE: u32 = MAX_QUEUES;
+/// Default `--max-queues-per-uid`.
+pub const DEFAULT_MAX_QUEUES_PER_UID: usize = 256;
+/// Default `--reserved-root-connections`.
+pub const DEFAULT_RESERVED_ROOT_CONNECTIONS: usize = 16;
 /// Default `--idle-timeout`, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 10;
 
@@ -37,6 +41,11 @@ pub struct Limits {
     pub max_leases_per_uid: usize,
     /// Queues in one lease.
     pub max_queues_per_lease: u32,
+    /// Queues held at once by one uid, over all its leases.
+    pub max_queues_per_uid: usize,
+    /// Connection slots, out of `max_connections`, only root may take, so
+    /// no mix of other users' connections can lock the administrator out.
+    pub reserved_root_connections: usize,
     /// How long a connection without a lease may go without a complete
     /// request, and how long any message may take from its first byte to
     /// its last.
@@ -50,6 +59,8 @@ impl Default for Limits {
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             max_leases_per_uid: DEFAULT_MAX_LEASES_PER_UID,
             max_queues_per_lease: DEFAULT_MAX_QUEUES_PER_LEASE,
+            max_queues_per_uid: DEFAULT_MAX_QUEUES_PER_UID,
+            reserved_root_connections: DEFAULT_RESERVED_ROOT_CONNECTIONS,
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
         }
     }
@@ -69,6 +80,16 @@ impl Limits {
                  then take every connection; keep it well below",
                 self.max_connections_per_uid, self.max_connections
             ));
+        }
+        if self.reserved_root_connections >= self.max_connections {
+            return Err(format!(
+                "--reserved-root-connections {} leaves no connection for other users \
+                 (--max-connections {}); keep it below",
+                self.reserved_root_connections, self.max_connections
+            ));
+        }
+        if self.max_queues_per_uid == 0 {
+            return Err("--max-queues-per-uid must be at least 1".into());
         }
         if self.max_queues_per_lease == 0 || self.max_queues_per_lease > MAX_QUEUES {
             return Err(format!(
@@ -138,7 +159,23 @@ impl Connections {
                 ),
             ));
         }
-        if c.total >= limits.max_connections {
+        let open_to_uid = if uid == 0 {
+            limits.max_connections
+        } else {
+            limits.max_connections - limits.reserved_root_connections
+        };
+        if c.total >= open_to_uid {
+            if uid != 0 {
+                return Err(ErrorReply::new(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "the broker has {} connections open; the other {} of --max-connections \
+                         {} are reserved for root (--reserved-root-connections); try again \
+                         shortly",
+                        c.total, limits.reserved_root_connections, limits.max_connections
+                    ),
+                ));
+            }
             return Err(ErrorReply::new(
                 ErrorCode::NotPermitted,
                 format!(
@@ -185,6 +222,7 @@ mod tests {
         let limits = Limits {
             max_connections: 3,
             max_connections_per_uid: 2,
+            reserved_root_connections: 0,
             ..Limits::default()
         };
         let conns = Arc::new(Connections::default());
@@ -206,6 +244,30 @@ mod tests {
     }
 
     #[test]
+    fn root_keeps_its_reserved_connections() {
+        let limits = Limits {
+            max_connections: 4,
+            max_connections_per_uid: 4,
+            reserved_root_connections: 1,
+            ..Limits::default()
+        };
+        let conns = Arc::new(Connections::default());
+        let _held: Vec<_> = (0..3)
+            .map(|_| conns.admit(65534, &limits).unwrap())
+            .collect();
+        let e = conns.admit(1000, &limits).unwrap_err();
+        assert!(
+            e.message
+                .contains("reserved for root (--reserved-root-connections)"),
+            "{}",
+            e.message
+        );
+        let _root = conns.admit(0, &limits).unwrap();
+        let e = conns.admit(0, &limits).unwrap_err();
+        assert!(e.message.contains("--max-connections 4"), "{}", e.message);
+    }
+
+    #[test]
     fn checks() {
         assert!(Limits::default().check().is_ok());
         let bad = Limits {
@@ -217,6 +279,16 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("--max-connections-per-uid 11"));
+        let bad = Limits {
+            max_connections: 8,
+            max_connections_per_uid: 2,
+            reserved_root_connections: 8,
+            ..Limits::default()
+        };
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .contains("--reserved-root-connections 8"));
         let e = Limits::default().check_queues(MAX_QUEUES + 1).unwrap_err();
         assert!(
             e.message.contains("--max-queues-per-lease 64"),

@@ -10,58 +10,12 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::stats::{Snapshot, SnapshotSource};
 use tracing::{debug, warn};
-use xsk_broker_protocol::{ConfinementLevel, ErrorCode};
-
-use crate::state::Broker;
-
-/// Counters since the broker started.
-pub struct Counters {
-    grants: AtomicU64,
-    releases: AtomicU64,
-    refusals: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-/// The broker's counters (one broker per process).
-pub static COUNTERS: Counters = Counters {
-    grants: AtomicU64::new(0),
-    releases: AtomicU64::new(0),
-    refusals: Mutex::new(BTreeMap::new()),
-};
-
-/// Every code a refusal can carry, so each series exists from the start.
-const CODES: &[ErrorCode] = &[
-    ErrorCode::NoSuchInterface,
-    ErrorCode::QueueOutOfRange,
-    ErrorCode::QueueBusy,
-    ErrorCode::ModeNotSupported,
-    ErrorCode::NotPermitted,
-    ErrorCode::BadRequest,
-    ErrorCode::UnsupportedVersion,
-    ErrorCode::Internal,
-];
-
-impl Counters {
-    /// A lease (of sockets or of the XSKMAP) was granted.
-    pub fn grant(&self) {
-        self.grants.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A lease ended.
-    pub fn release(&self) {
-        self.releases.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A request was answered with an error.
-    pub fn refusal(&self, code: ErrorCode) {
-        let mut m = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry(code.as_str()).or_default() += 1;
-    }
-}
+use xsk_broker_protocol::ConfinementLevel;
 
 /// Escape a label value (`\`, `"` and newlines).
 fn label(v: &str) -> String {
@@ -71,7 +25,7 @@ fn label(v: &str) -> String {
 }
 
 /// The whole exposition: counters, gauges and per-socket statistics.
-pub fn render(broker: &Broker, started: Instant) -> String {
+pub fn render(snap: &Snapshot) -> String {
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -96,7 +50,7 @@ pub fn render(broker: &Broker, started: Instant) -> String {
     let _ = writeln!(
         o,
         "xsk_broker_uptime_seconds {:.3}",
-        started.elapsed().as_secs_f64()
+        snap.uptime.as_secs_f64()
     );
     family(
         &mut o,
@@ -104,37 +58,25 @@ pub fn render(broker: &Broker, started: Instant) -> String {
         "counter",
         "Leases granted since start.",
     );
-    let _ = writeln!(
-        o,
-        "xsk_broker_grants_total {}",
-        COUNTERS.grants.load(Ordering::Relaxed)
-    );
+    let _ = writeln!(o, "xsk_broker_grants_total {}", snap.grants);
     family(
         &mut o,
         "xsk_broker_releases_total",
         "counter",
         "Leases ended since start (released, connection closed, holder gone).",
     );
-    let _ = writeln!(
-        o,
-        "xsk_broker_releases_total {}",
-        COUNTERS.releases.load(Ordering::Relaxed)
-    );
+    let _ = writeln!(o, "xsk_broker_releases_total {}", snap.releases);
     family(
         &mut o,
         "xsk_broker_refusals_total",
         "counter",
         "Requests answered with an error since start, by error code.",
     );
-    {
-        let m = COUNTERS.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        for code in CODES {
-            let n = m.get(code.as_str()).copied().unwrap_or(0);
-            let _ = writeln!(o, "xsk_broker_refusals_total{{code=\"{code}\"}} {n}");
-        }
+    for (code, n) in &snap.refusals {
+        let _ = writeln!(o, "xsk_broker_refusals_total{{code=\"{code}\"}} {n}");
     }
 
-    if let Some(level) = broker.confinement_level() {
+    if let Some(level) = snap.confinement {
         family(
             &mut o,
             "xsk_broker_confinement",
@@ -151,7 +93,7 @@ pub fn render(broker: &Broker, started: Instant) -> String {
         }
     }
 
-    let leases = broker.lease_status();
+    let leases = &snap.leases;
     family(&mut o, "xsk_broker_leases", "gauge", "Leases held now.");
     let _ = writeln!(o, "xsk_broker_leases {}", leases.len());
     family(
@@ -161,7 +103,7 @@ pub fn render(broker: &Broker, started: Instant) -> String {
         "Queues held now, by interface.",
     );
     let mut per_if: BTreeMap<&str, usize> = BTreeMap::new();
-    for l in &leases {
+    for l in leases {
         *per_if.entry(l.ifname.as_str()).or_default() += l.queues.len();
     }
     for (ifname, n) in per_if {
@@ -212,7 +154,7 @@ pub fn render(broker: &Broker, started: Instant) -> String {
             "counter",
             &format!("{help} Per leased socket, since the socket was created (XDP_STATISTICS)."),
         );
-        for l in &leases {
+        for l in leases {
             for s in &l.sockets {
                 if let Some(st) = &s.statistics {
                     let _ = writeln!(
@@ -235,7 +177,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answer one HTTP request on `conn`.
-fn handle<S: Read + Write>(mut conn: S, broker: &Broker, started: Instant) -> std::io::Result<()> {
+fn handle<S: Read + Write>(mut conn: S, source: &dyn SnapshotSource) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -258,7 +200,7 @@ fn handle<S: Read + Write>(mut conn: S, broker: &Broker, started: Instant) -> st
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") | ("GET", "/") => {
-            let body = render(broker, started);
+            let body = render(&source.snapshot());
             respond(&mut conn, "200 OK", &body)
         }
         ("GET", _) => respond(&mut conn, "404 Not Found", "only /metrics is served here\n"),
@@ -286,7 +228,7 @@ pub enum Endpoint {
 }
 
 /// Serve metrics on `endpoint` in a thread of its own, one scrape at a time.
-pub fn spawn(endpoint: Endpoint, broker: Arc<Broker>, started: Instant) -> std::io::Result<()> {
+pub fn spawn(endpoint: Endpoint, source: Arc<dyn SnapshotSource>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("xsk-metrics".into())
         .spawn(move || loop {
@@ -294,12 +236,12 @@ pub fn spawn(endpoint: Endpoint, broker: Arc<Broker>, started: Instant) -> std::
                 Endpoint::Unix(l) => l.accept().and_then(|(c, _)| {
                     c.set_read_timeout(Some(IO_TIMEOUT))?;
                     c.set_write_timeout(Some(IO_TIMEOUT))?;
-                    handle(c, &broker, started)
+                    handle(c, source.as_ref())
                 }),
                 Endpoint::Tcp(l) => l.accept().and_then(|(c, _)| {
                     c.set_read_timeout(Some(IO_TIMEOUT))?;
                     c.set_write_timeout(Some(IO_TIMEOUT))?;
-                    handle(c, &broker, started)
+                    handle(c, source.as_ref())
                 }),
             };
             match served {

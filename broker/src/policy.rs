@@ -50,6 +50,9 @@ pub enum PolicyError {
         /// What is wrong, naming the rule and field.
         reason: String,
     },
+    /// `--status-group` names no group.
+    #[error("--status-group {0:?}: no such group")]
+    UnknownGroup(String),
 }
 
 #[derive(Deserialize)]
@@ -100,6 +103,8 @@ struct Rule {
 pub struct Policy {
     source: Option<PathBuf>,
     rules: Vec<Rule>,
+    /// Members of this group see every lease in `status` (`--status-group`).
+    status_gid: Option<u32>,
 }
 
 /// The peer asking, from its socket credentials.
@@ -190,6 +195,7 @@ impl Policy {
         Policy {
             source: None,
             rules: Vec::new(),
+            status_gid: None,
         }
     }
 
@@ -276,13 +282,40 @@ impl Policy {
         Ok(Policy {
             source: Some(path.to_owned()),
             rules,
+            status_gid: None,
         })
+    }
+
+    /// Let members of `group` (a name, resolved now) see every lease in
+    /// `status`.
+    pub fn with_status_group(mut self, group: &str) -> Result<Policy, PolicyError> {
+        match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => {
+                self.status_gid = Some(g.gid.as_raw());
+                Ok(self)
+            }
+            _ => Err(PolicyError::UnknownGroup(group.to_owned())),
+        }
+    }
+
+    /// Whether `who` sees every tenant's leases in `status` (root, or a
+    /// member of `--status-group`); others see only their own.
+    pub fn sees_all_leases(&self, who: &Identity) -> bool {
+        who.uid == 0
+            || self
+                .status_gid
+                .is_some_and(|g| who.gid == g || who.groups.contains(&g))
     }
 
     /// A one-line description for the start-up log.
     pub fn describe(&self) -> String {
         match &self.source {
             None => "no policy file: only root may lease".to_owned(),
+            Some(p) if self.rules.is_empty() => format!(
+                "{} (0 rules: it admits no one but root; add a rule naming users or groups \
+                 and interfaces, then restart)",
+                p.display()
+            ),
             Some(p) => format!("{} ({} rule(s))", p.display(), self.rules.len()),
         }
     }
@@ -316,11 +349,17 @@ impl Policy {
         Err(denied(match first_reason {
             Some(reason) => reason,
             None => format!(
-                "no rule of {} admits uid {} (gid {}, groups {:?})",
+                "no rule of {} admits uid {} (gid {}, groups {:?}){}",
                 source.display(),
                 who.uid,
                 who.gid,
-                who.groups
+                who.groups,
+                if self.rules.is_empty() {
+                    "; the policy has no rules, so it admits no one but root: \
+                     the administrator adds a rule naming this user or group"
+                } else {
+                    ""
+                }
             ),
         }))
     }
@@ -488,6 +527,7 @@ mod tests {
     fn bad_files_are_refused_with_the_reason() {
         let reason = |j: &str| policy(j).unwrap_err().to_string();
         assert!(reason(r#"{"version":2,"rules":[]}"#).contains("version 2 is not supported"));
+        assert!(reason(r#"{"version":1}"#).contains("missing field `rules`"));
         assert!(
             reason(r#"{"version":1,"rules":[{"name":"x","interfaces":["*"]}]}"#)
                 .contains("names nobody")
@@ -512,5 +552,74 @@ mod tests {
             policy(r#"{"version":1,"rules":[{"name":"n","users":["nobody"],"interfaces":["*"]}]}"#)
                 .unwrap();
         assert!(ok.check(&who(65534, 65534, &[]), sockets("x", 1)).is_ok());
+    }
+
+    /// The packaged policy, `"rules": []`, is valid and admits no one but
+    /// root, and says so at start and in its refusals.
+    #[test]
+    fn an_empty_policy_admits_only_root() {
+        let p = policy(r#"{"version":1,"rules":[]}"#).unwrap();
+        assert!(p.check(&who(0, 0, &[]), sockets("eth0", 64)).is_ok());
+        let e = p
+            .check(&who(1000, 1000, &[50]), sockets("eth0", 1))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotPermitted);
+        assert!(
+            e.message.starts_with(
+                "no rule of /etc/xsk-broker/policy.json admits uid 1000 (gid 1000, groups [50]); \
+                 the policy has no rules, so it admits no one but root"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(p.check(&who(1000, 1000, &[]), Ask::Status).is_err());
+        assert!(
+            p.describe()
+                .starts_with("/etc/xsk-broker/policy.json (0 rules: it admits no one but root"),
+            "{}",
+            p.describe()
+        );
+        let one =
+            policy(r#"{"version":1,"rules":[{"name":"n","uids":[1],"interfaces":["eth1"]}]}"#)
+                .unwrap();
+        assert_eq!(one.describe(), "/etc/xsk-broker/policy.json (1 rule(s))");
+    }
+
+    /// The files the Debian package installs: /etc/xsk-broker/policy.json
+    /// grants nothing; the example in /usr/share/doc names interfaces (no
+    /// glob), a few queues, copy mode only and no map flow.
+    #[test]
+    fn the_packaged_policies_are_valid_and_narrow() {
+        let installed = policy(include_str!("../../packaging/deb/policy.json")).unwrap();
+        assert!(installed.rules.is_empty());
+        assert!(installed
+            .check(&who(1000, 1000, &[]), sockets("eth0", 1))
+            .is_err());
+        // The example's group (created by the package) may not exist here.
+        let example = include_str!("../../packaging/deb/policy.example.json");
+        assert!(example.contains(r#""groups": ["xsk-broker"]"#), "{example}");
+        let example =
+            policy(&example.replace(r#""groups": ["xsk-broker"]"#, r#""gids": [4242]"#)).unwrap();
+        assert_eq!(example.rules.len(), 1);
+        let rule = &example.rules[0];
+        assert!(
+            rule.interfaces.iter().all(|i| !i.contains(['*', '?'])),
+            "{:?}",
+            rule.interfaces
+        );
+        assert!(rule.max_queues <= 4, "{}", rule.max_queues);
+        assert_eq!(rule.copy, [CopyMode::Copy]);
+        assert!(!rule.map_flow);
+        let member = who(1000, 1000, &[4242]);
+        let ifname = rule.interfaces[0].clone();
+        assert!(example.check(&member, sockets(&ifname, 1)).is_err()); // copy auto
+        let copy = Ask::Sockets {
+            ifname: &ifname,
+            queues: 1,
+            mode: XdpMode::Auto,
+            copy: CopyMode::Copy,
+        };
+        assert!(example.check(&member, copy).is_ok());
+        assert!(example.check(&who(1000, 1000, &[]), copy).is_err());
     }
 }

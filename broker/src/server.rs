@@ -7,16 +7,13 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
-    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, Request, Response, StatusReply,
-    TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, OpenMapRequest, OpenRequest,
+    Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::peercred::peer_of;
 use crate::policy::{Ask, Identity, Policy};
 use crate::state::{Broker, Lease, Peer};
-
-/// When the broker started serving, for the uptime in status replies.
-static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// Accept connections forever.
 pub fn serve(
@@ -24,14 +21,16 @@ pub fn serve(
     broker: Arc<Broker>,
     policy: Arc<Policy>,
 ) -> std::io::Result<()> {
-    STARTED.get_or_init(std::time::Instant::now);
+    let mut failures = AcceptFailures::new();
     loop {
         let (stream, _) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                // EMFILE and friends: log, back off briefly, keep serving.
-                warn!("accept failed: {e}");
+                // EMFILE and friends: say what it is (once in a while, not
+                // per retry), back off briefly, keep serving. The peer
+                // waits in the listen queue meanwhile.
+                failures.report(&e);
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 continue;
             }
@@ -54,6 +53,84 @@ pub fn serve(
     }
 }
 
+/// How often a failing `accept` is logged at most.
+const ACCEPT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs `accept` failures as what they are, at most once per
+/// [`ACCEPT_REPORT_EVERY`], counting the ones in between.
+struct AcceptFailures {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+    /// An fd kept open to be given up when the fd table is full, so that
+    /// the broker can still count its open fds for the report.
+    spare: Option<std::fs::File>,
+}
+
+impl AcceptFailures {
+    fn new() -> Self {
+        AcceptFailures {
+            last: None,
+            suppressed: 0,
+            spare: std::fs::File::open("/dev/null").ok(),
+        }
+    }
+
+    /// Whether a failure at `now` is to be logged: `Some(failures not
+    /// logged since the last report)`, or `None` (counted, not logged).
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < ACCEPT_REPORT_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    fn report(&mut self, e: &std::io::Error) {
+        let again = match self.due(std::time::Instant::now()) {
+            None => return,
+            Some(0) => String::new(),
+            Some(n) => format!(" ({n} more failures since the last report)"),
+        };
+        let errno = e.raw_os_error().unwrap_or(0);
+        if errno == libc::EMFILE || errno == libc::ENFILE {
+            // Counting needs an fd of its own: give up the spare for it.
+            drop(self.spare.take());
+            let open = std::fs::read_dir("/proc/self/fd")
+                .map_or("an unknown number of".to_owned(), |d| {
+                    d.count().saturating_sub(1).to_string()
+                });
+            self.spare = std::fs::File::open("/dev/null").ok();
+            let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or("unknown".to_owned(), |(soft, _)| soft.to_string());
+            if errno == libc::EMFILE {
+                warn!(
+                    errno = "EMFILE", open_fds = %open, limit = %limit,
+                    "cannot accept connections: EMFILE, the broker has {open} fds open, its \
+                     limit (RLIMIT_NOFILE) is {limit}; new connections wait until fds are \
+                     freed; raise LimitNOFILE= (ulimit -n) or lower --max-connections or \
+                     --max-queues-per-lease{again}"
+                );
+            } else {
+                warn!(
+                    errno = "ENFILE", open_fds = %open, limit = %limit,
+                    "cannot accept connections: ENFILE, the system-wide table of open files \
+                     is full (sysctl fs.file-max; the broker has {open} fds open); new \
+                     connections wait until fds are freed{again}"
+                );
+            }
+        } else {
+            warn!(
+                errno = %nix::errno::Errno::from_raw(errno),
+                "cannot accept a connection: {e}{again}"
+            );
+        }
+    }
+}
+
 struct Connection {
     chan: Channel,
     broker: Arc<Broker>,
@@ -62,19 +139,28 @@ struct Connection {
     peer: Peer,
     greeted: bool,
     lease: Option<Lease>,
+    /// The lease this connection once held and ended, if any: a connection
+    /// is granted at most once (its credentials were taken at connect, and
+    /// may no longer be those of whoever holds it now).
+    ended: Option<String>,
 }
 
 impl Connection {
     fn new(stream: UnixStream, broker: Arc<Broker>, policy: Arc<Policy>) -> Self {
         let (peer, identity) = peer_of(stream.as_fd());
+        // Requests carry no fds: none sent is ever installed here (the
+        // kernel closes them), so a peer cannot fill the broker's fd table.
+        let mut chan = Channel::new(stream);
+        chan.set_max_fds_in(0);
         Connection {
-            chan: Channel::new(stream),
+            chan,
             broker,
             policy,
             identity,
             peer,
             greeted: false,
             lease: None,
+            ended: None,
         }
     }
 
@@ -169,6 +255,10 @@ impl Connection {
                 true
             }
             Request::Open(req) => {
+                let req = match self.canonical(req.ifname.clone()) {
+                    Ok(ifname) => OpenRequest { ifname, ..req },
+                    Err(e) => return self.refuse(&req.ifname, e),
+                };
                 let ask = Ask::Sockets {
                     ifname: &req.ifname,
                     queues: req.queues,
@@ -187,7 +277,7 @@ impl Connection {
                             mode = %opened.mode, program_id = opened.program_id, "granted"
                         );
                         self.watch(&lease);
-                        crate::metrics::COUNTERS.grant();
+                        self.broker.counters().grant();
                         let fds = lease.fds();
                         let sent = self.send(&Response::Opened(opened), &fds);
                         drop(fds);
@@ -204,6 +294,10 @@ impl Connection {
                 self.send(&Response::Released { queues }, &[])
             }
             Request::OpenMap(req) => {
+                let req = match self.canonical(req.ifname.clone()) {
+                    Ok(ifname) => OpenMapRequest { ifname, ..req },
+                    Err(e) => return self.refuse(&req.ifname, e),
+                };
                 let ask = Ask::Map {
                     ifname: &req.ifname,
                     queues: req.queues,
@@ -222,7 +316,7 @@ impl Connection {
                             pin = opened.pin_path.as_deref().unwrap_or("-"), "granted the XSKMAP"
                         );
                         self.watch(&lease);
-                        crate::metrics::COUNTERS.grant();
+                        self.broker.counters().grant();
                         let sent = self.send(&Response::MapOpened(opened), &[map_fd.as_fd()]);
                         drop(map_fd);
                         self.lease = Some(lease);
@@ -237,7 +331,8 @@ impl Connection {
                 if let Err(e) = self.policy.check(&self.identity, Ask::Status) {
                     return self.refuse("-", e);
                 }
-                let reply = status_reply(&self.broker);
+                let only = (!self.policy.sees_all_leases(&self.identity)).then_some(self.peer.uid);
+                let reply = status_reply(&self.broker, only);
                 self.send(&Response::Status(reply), &[])
             }
         }
@@ -256,7 +351,30 @@ impl Connection {
                 ),
             ));
         }
+        if let Some(ended) = &self.ended {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this connection already had a lease ({ended}), which ended; a connection \
+                     is granted once (the broker knows its holder only as it was at connect): \
+                     open a new connection for a new lease"
+                ),
+            ));
+        }
         self.policy.check(&self.identity, ask)
+    }
+
+    /// The canonical name of the interface a peer named (by its name or an
+    /// alternative name): what the policy, the logs and the reply use.
+    fn canonical(&self, asked: String) -> Result<String, ErrorReply> {
+        let (ifindex, canonical) = crate::state::resolve_interface(&asked)?;
+        if canonical != asked {
+            debug!(
+                pid = self.peer.pid, asked = ?asked, ifname = %canonical, ifindex,
+                "resolved an alternative interface name"
+            );
+        }
+        Ok(canonical)
     }
 
     /// Log a refusal with the peer's identity and answer it; keeps the connection.
@@ -272,12 +390,13 @@ impl Connection {
 
     fn end_lease(&mut self, why: &str) {
         if let Some(lease) = self.lease.take() {
+            self.ended = Some(lease.describe());
             let p = self.peer;
             info!(
                 event = "release", pid = p.pid, uid = p.uid, gid = p.gid,
                 ifname = %lease.ifname(), queues = ?lease.queues(), "released: {why}"
             );
-            crate::metrics::COUNTERS.release();
+            self.broker.counters().release();
             self.broker.release(lease);
             self.apply_idle_timeout();
         }
@@ -294,25 +413,24 @@ impl Connection {
     }
 
     fn reply_error(&self, e: ErrorReply) {
-        crate::metrics::COUNTERS.refusal(e.code);
+        self.broker.counters().refusal(e.code);
         self.send(&Response::Error(e), &[]);
     }
 }
 
 /// Build a status reply that fits the message size limit: if every lease does
-/// not fit, the newest are left out and counted in `omitted_leases`.
-fn status_reply(broker: &Broker) -> StatusReply {
+/// not fit, the newest are left out and counted in `omitted_leases`. With
+/// `only_uid`, only that uid's leases are shown.
+fn status_reply(broker: &Broker, only_uid: Option<u32>) -> StatusReply {
     let mut reply = StatusReply {
         server: format!("xsk-brokerd/{}", env!("CARGO_PKG_VERSION")),
         pid: std::process::id(),
-        uptime_ms: STARTED.get().map_or(0, |t| {
-            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
-        }),
+        uptime_ms: u64::try_from(broker.counters().uptime().as_millis()).unwrap_or(u64::MAX),
         leases: Vec::new(),
         omitted_leases: u32::MAX, // the widest value, so the size estimate is an upper bound
         confinement: broker.confinement_level(),
     };
-    let leases = broker.lease_status();
+    let leases = broker.lease_status(only_uid);
     // `{...,"leases":[a,b,c],...}`: the envelope plus each lease and a comma.
     let mut size =
         serde_json::to_vec(&Response::Status(reply.clone())).map_or(MAX_MESSAGE_LEN, |b| b.len());
@@ -341,7 +459,7 @@ fn admit(broker: &Broker, stream: &UnixStream) -> Option<crate::limits::Connecti
         Ok(slot) => Some(slot),
         Err(e) => {
             debug!(pid, uid, code = %e.code, "connection refused: {}", e.message);
-            crate::metrics::COUNTERS.refusal(e.code);
+            broker.counters().refusal(e.code);
             // Never block the accept loop on a peer that does not read.
             if stream.set_nonblocking(true).is_ok() {
                 if let Ok(c) = stream.try_clone() {
@@ -396,5 +514,22 @@ impl Connection {
                  closing the connection"
             ),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_reported_at_most_every_ten_seconds() {
+        let mut f = AcceptFailures::new();
+        let t0 = std::time::Instant::now();
+        assert_eq!(f.due(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(f.due(t0 + std::time::Duration::from_secs(i)), None);
+        }
+        assert_eq!(f.due(t0 + ACCEPT_REPORT_EVERY), Some(5));
+        assert_eq!(f.due(t0 + ACCEPT_REPORT_EVERY), None);
     }
 }

@@ -1,7 +1,6 @@
 //! Who holds what: interfaces with the XSK program attached, their leased
 //! queues, and the sockets of each lease.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -17,11 +16,21 @@ use xsk_broker_protocol::{
 use crate::confine::{Confinement, SocketGrant};
 use crate::limits::{Connections, Limits};
 use crate::persist::{self, InterfaceState, LeaseKind, LeaseState, StateDir, StateFile};
+use crate::probe;
+use crate::stats::{Counters, Snapshot, SnapshotSource};
 use crate::xdp::{self, XskProgram};
 use xsk_broker_protocol::ConfinementLevel;
 
 /// Identifies a lease (one control connection's grant).
 pub type LeaseId = u64;
+
+/// How long a grant waits for the kernel to free a queue whose last socket
+/// was just closed: the kernel unbinds a closed AF_XDP socket's buffer pool
+/// in deferred work, a moment after the holder exits.
+const UNBIND_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A leased socket: its queue and the broker's copy of its fd.
+type LeasedSocket = (u32, Arc<OwnedFd>);
 
 /// The peer holding a lease, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +167,9 @@ struct Inner {
     next_lease: LeaseId,
     /// Every granted lease by id (so oldest first).
     leases: BTreeMap<LeaseId, LeaseRecord>,
+    /// The last holder of each (ifindex, queue) whose lease ended, to name
+    /// it when a socket it kept bound still holds the queue.
+    previous: HashMap<(u32, u32), Peer>,
 }
 
 /// The broker's shared state.
@@ -172,8 +184,49 @@ pub struct Broker {
     connections: Arc<Connections>,
     /// Where the state survives a restart (`--state-dir`, `--pin-dir`).
     persist: Option<Persist>,
+    /// Asks the kernel whether a queue has an AF_XDP socket bound; None
+    /// where the kernel cannot tell (then only the lease table is checked).
+    probe: Option<probe::QueueProbe>,
+    /// Interfaces a grant is being prepared on (see [`Broker::turn`]).
+    granting: Mutex<std::collections::HashSet<u32>>,
+    /// Signalled when an interface leaves `granting`.
+    granted: std::sync::Condvar,
+    /// Grants, releases and refusals since start.
+    counters: Counters,
     /// What the kernel is made to enforce on every socket handed out.
     confinement: Option<Arc<Confinement>>,
+}
+
+/// One grant's turn on an interface: grants on one interface are made one at
+/// a time, so that a program can be attached without the broker's lock (a
+/// slow attach on one interface never holds up grants on another). Dropping
+/// it hands the interface to the next grant.
+struct Turn<'a> {
+    broker: &'a Broker,
+    ifindex: u32,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut busy = self
+            .broker
+            .granting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.ifindex);
+        self.broker.granted.notify_all();
+    }
+}
+
+/// A grant ready to be made: the broker's lock, with the interface's program
+/// attached and every check passed for the request.
+struct Prepared<'a> {
+    inner: MutexGuard<'a, Inner>,
+    ifindex: u32,
+    /// The program was attached for this request (detach it if the grant
+    /// fails after all).
+    newly_attached: bool,
+    _turn: Turn<'a>,
 }
 
 /// The state file and the bpffs directory where each attached program and
@@ -217,6 +270,18 @@ impl Broker {
         self
     }
 
+    /// Check with `probe` that a queue has no AF_XDP socket bound before
+    /// granting it.
+    pub fn with_queue_probe(mut self, probe: probe::QueueProbe) -> Broker {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Grants, releases and refusals since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// Hold every socket created from now on to its grant with `confinement`.
     pub fn with_confinement(mut self, confinement: Arc<Confinement>) -> Broker {
         self.confinement = Some(confinement);
@@ -247,6 +312,22 @@ impl Broker {
             .values()
             .filter(|l| l.peer.uid == peer.uid)
             .count();
+        let held_queues: usize = inner
+            .leases
+            .values()
+            .filter(|l| l.peer.uid == peer.uid)
+            .map(|l| l.sockets.len() + l.map_queues.len())
+            .sum();
+        if held_queues + queues as usize > self.limits.max_queues_per_uid {
+            return Err(err(
+                ErrorCode::NotPermitted,
+                format!(
+                    "uid {} holds {held_queues} queue(s) and asked for {queues} more; one user \
+                     may hold at most {} (--max-queues-per-uid {}); release some first",
+                    peer.uid, self.limits.max_queues_per_uid, self.limits.max_queues_per_uid
+                ),
+            ));
+        }
         if held >= self.limits.max_leases_per_uid {
             return Err(err(
                 ErrorCode::NotPermitted,
@@ -266,8 +347,10 @@ impl Broker {
     /// holder's connection is woken to be told and closed, and the number of
     /// leases ended is returned. Called every second by the watcher thread.
     pub fn reap_vanished_interfaces(&self) -> usize {
-        let mut inner = self.lock();
-        if inner.interfaces.is_empty() {
+        // The interfaces are listed (netlink) without the broker's lock; only
+        // those known before the listing can be missing from it.
+        let known: Vec<u32> = self.lock().interfaces.keys().copied().collect();
+        if known.is_empty() {
             return 0;
         }
         let present: std::collections::HashSet<u32> = match nix::net::if_::if_nameindex() {
@@ -277,12 +360,14 @@ impl Broker {
                 return 0;
             }
         };
-        let gone: Vec<u32> = inner
-            .interfaces
-            .keys()
-            .copied()
+        let gone: Vec<u32> = known
+            .into_iter()
             .filter(|ifindex| !present.contains(ifindex))
             .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut inner = self.lock();
         let mut ended = 0;
         for ifindex in gone {
             let Some(iface) = inner.interfaces.remove(&ifindex) else {
@@ -316,6 +401,7 @@ impl Broker {
                     ended += 1;
                 }
             }
+            inner.previous.retain(|(i, _), _| *i != ifindex);
             // The program went with the device; close the broker's handles
             // without trying to detach.
             if let Some(p) = &self.persist {
@@ -338,32 +424,18 @@ impl Broker {
     /// behind (no socket, map entry or program of this request).
     pub fn open(&self, req: &OpenRequest, peer: Peer) -> Result<(Lease, Opened), ErrorReply> {
         req.validate()?;
-        let (ifindex, counts) = check_queues(req)?;
-
-        let mut inner = self.lock();
-        self.check_lease_limits(&inner, req.queues, peer)?;
-        if let Some(iface) = inner.interfaces.get(&ifindex) {
-            check_free(iface, req)?;
-            check_mode(req, iface.program.mode())?;
-        }
+        let Prepared {
+            mut inner,
+            ifindex,
+            newly_attached,
+            _turn,
+        } = self.prepare_grant(req, peer)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
-        let (iface, newly_attached) = match inner.interfaces.entry(ifindex) {
-            Entry::Occupied(e) => (e.into_mut(), false),
-            Entry::Vacant(e) => {
-                let program = attach(req, ifindex, counts.max, self.persist.as_ref())?;
-                info!(
-                    ifname = %req.ifname, ifindex, mode = %program.mode(),
-                    program_id = program.attached_id(), "attached the XSK program"
-                );
-                let iface = e.insert(Interface {
-                    name: req.ifname.clone(),
-                    program,
-                    queues: BTreeMap::new(),
-                });
-                (iface, true)
-            }
-        };
+        let iface = inner
+            .interfaces
+            .get_mut(&ifindex)
+            .expect("present: prepare_grant attached it or found it");
         match create_sockets(iface, req, ifindex, self.confinement.as_deref()) {
             Ok(sockets) => {
                 let sockets: Vec<(u32, Arc<OwnedFd>)> = sockets
@@ -407,11 +479,142 @@ impl Broker {
         }
     }
 
+    /// Wait for and take the interface's turn (see [`Turn`]).
+    fn turn(&self, ifindex: u32) -> Turn<'_> {
+        let mut busy = self.granting.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(&ifindex) {
+            busy = self.granted.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(ifindex);
+        Turn {
+            broker: self,
+            ifindex,
+        }
+    }
+
+    /// The one path every grant (sockets or map) takes up to making it: the
+    /// interface and its queues, the interface's turn, the kernel's view of
+    /// the queues, the limits, the lease table, the mode; then the program,
+    /// attached if the interface has none of the broker's yet. The broker's
+    /// lock is not held while the kernel is asked or the program attached.
+    fn prepare_grant(&self, req: &OpenRequest, peer: Peer) -> Result<Prepared<'_>, ErrorReply> {
+        let (ifindex, counts) = check_queues(req)?;
+        let turn = self.turn(ifindex);
+        {
+            let inner = self.lock();
+            self.check_lease_limits(&inner, req.queues, peer)?;
+            if let Some(iface) = inner.interfaces.get(&ifindex) {
+                check_free(iface, req)?;
+                check_mode(req, iface.program.mode())?;
+            }
+        }
+        // No grant on this interface can happen meanwhile (the turn is
+        // ours), and releases only free queues: the checks above hold.
+        self.check_unbound(ifindex, req)?;
+        let inner = self.lock();
+        // Grants on other interfaces may have used up this uid's quota.
+        self.check_lease_limits(&inner, req.queues, peer)?;
+        if inner.interfaces.contains_key(&ifindex) {
+            return Ok(Prepared {
+                inner,
+                ifindex,
+                newly_attached: false,
+                _turn: turn,
+            });
+        }
+        drop(inner);
+        let program = attach(req, ifindex, counts.max, self.persist.as_ref())?;
+        info!(
+            ifname = %req.ifname, ifindex, mode = %program.mode(),
+            program_id = program.attached_id(), "attached the XSK program"
+        );
+        let mut inner = self.lock();
+        inner.interfaces.insert(
+            ifindex,
+            Interface {
+                name: req.ifname.clone(),
+                program,
+                queues: BTreeMap::new(),
+            },
+        );
+        // The lock was let go for the attach: grants on other interfaces
+        // may have used up this uid's quota meanwhile.
+        if let Err(e) = self.check_lease_limits(&inner, req.queues, peer) {
+            detach_if_unused(&mut inner, ifindex, self.persist.as_ref());
+            return Err(e);
+        }
+        Ok(Prepared {
+            inner,
+            ifindex,
+            newly_attached: true,
+            _turn: turn,
+        })
+    }
+
+    /// Refuse if an AF_XDP socket is still bound to any asked-for queue (a
+    /// holder whose lease ended but who kept its bound socket, or a program
+    /// the broker does not know), as the kernel reports it
+    /// ([`probe::QueueProbe`]). Names the queue's previous holder when known.
+    fn check_unbound(&self, ifindex: u32, req: &OpenRequest) -> Result<(), ErrorReply> {
+        let Some(probe) = &self.probe else {
+            return Ok(());
+        };
+        for q in req.queue_ids() {
+            match probe.queue_use_settled(ifindex, q, UNBIND_GRACE) {
+                Ok(probe::QueueUse::Free) => {}
+                Ok(probe::QueueUse::Bound) => {
+                    let by = match self.lock().previous.get(&(ifindex, q)) {
+                        Some(p) => format!(
+                            "its previous holder (pid {}, uid {}) still has a socket bound to \
+                             it although its lease ended",
+                            p.pid, p.uid
+                        ),
+                        None => {
+                            "an AF_XDP socket the broker did not grant is bound to it".to_owned()
+                        }
+                    };
+                    return Err(err(
+                        ErrorCode::QueueBusy,
+                        format!(
+                            "queue {q} of {} is not free: {by}; ask for other queues, or wait \
+                             until that socket is closed",
+                            req.ifname
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        ErrorCode::Internal,
+                        format!(
+                            "cannot check that queue {q} of {} is free: {e}; try again",
+                            req.ifname
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// End a lease: clear its map entries, close the broker's copies of its
     /// sockets, and detach the program if no lease uses the interface any more.
     pub fn release(&self, lease: Lease) {
+        // A holder that kept an unbound socket of this lease must not bind it
+        // to the interface once the queue is someone else's.
+        for (q, fd) in &lease.sockets {
+            if let Err(e) = probe::confine_to_loopback(fd.as_fd()) {
+                warn!(
+                    "cannot confine the released socket of queue {q} of {} to lo: {e}",
+                    lease.ifname
+                );
+            }
+        }
         let mut inner = self.lock();
-        inner.leases.remove(&lease.id);
+        if let Some(rec) = inner.leases.remove(&lease.id) {
+            for q in lease.queues() {
+                inner.previous.insert((lease.ifindex, q), rec.peer);
+            }
+        }
         if let Some(iface) = inner.interfaces.get_mut(&lease.ifindex) {
             for q in &lease.queues() {
                 if iface.queues.get(q).map(|(id, _)| *id) == Some(lease.id) {
@@ -427,55 +630,95 @@ impl Broker {
                 warn!("cannot remove the map pin {}: {e}", pin.display());
             }
         }
+        let ifindex = lease.ifindex;
         drop(lease);
-        detach_all_unused(&mut inner, self.persist.as_ref());
+        let unused = inner
+            .interfaces
+            .get(&ifindex)
+            .is_some_and(|i| i.queues.is_empty());
         let _ = self.save(&inner);
+        drop(inner);
+        if unused {
+            self.detach_unused(ifindex);
+        }
+    }
+
+    /// Detach the program of an interface no lease uses any more, in the
+    /// interface's turn (so no grant attaches meanwhile) but without the
+    /// broker's lock (so grants on other interfaces go on).
+    fn detach_unused(&self, ifindex: u32) {
+        let _turn = self.turn(ifindex);
+        let taken = {
+            let mut inner = self.lock();
+            let taken = take_if_unused(&mut inner, ifindex, self.persist.as_ref());
+            if taken.is_some() {
+                let _ = self.save(&inner);
+            }
+            taken
+        };
+        if let Some(iface) = taken {
+            detach(iface, ifindex);
+        }
     }
 
     /// Every lease, oldest first, with each socket's kernel statistics read
-    /// on the broker's own copy of its fd.
-    pub fn lease_status(&self) -> Vec<LeaseStatus> {
-        let inner = self.lock();
-        inner
-            .leases
-            .iter()
-            .map(|(id, rec)| {
-                let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
-                LeaseStatus {
-                    id: *id,
-                    ifname: rec.ifname.clone(),
-                    ifindex: rec.ifindex,
-                    queues: rec
-                        .sockets
-                        .iter()
-                        .map(|(q, _)| *q)
-                        .chain(rec.map_queues.iter().copied())
-                        .collect(),
-                    holder: Holder {
-                        pid: rec.peer.pid,
-                        uid: rec.peer.uid,
-                        gid: rec.peer.gid,
-                    },
-                    mode: program.map_or(AttachMode::Skb, |p| p.mode()),
-                    program_id: program.map_or(0, |p| p.attached_id()),
-                    age_ms: u64::try_from(rec.granted.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    sockets: rec
-                        .sockets
-                        .iter()
-                        .map(|(q, fd)| match xdp::xsk_statistics(fd.as_fd()) {
-                            Ok(st) => SocketStatus {
-                                queue_id: *q,
-                                statistics: Some(st),
-                                error: None,
-                            },
-                            Err(e) => SocketStatus {
-                                queue_id: *q,
-                                statistics: None,
-                                error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
-                            },
-                        })
-                        .collect(),
-                }
+    /// on the broker's own copy of its fd; only those of uid `only_uid` when
+    /// given (a peer that may not see the other tenants).
+    pub fn lease_status(&self, only_uid: Option<u32>) -> Vec<LeaseStatus> {
+        // The table is copied under the lock; the sockets' statistics are
+        // read after it is let go, so a status never holds up a grant.
+        let snapshot: Vec<(LeaseStatus, Vec<LeasedSocket>)> = {
+            let inner = self.lock();
+            inner
+                .leases
+                .iter()
+                .filter(|(_, rec)| only_uid.is_none_or(|uid| rec.peer.uid == uid))
+                .map(|(id, rec)| {
+                    let program = inner.interfaces.get(&rec.ifindex).map(|i| &i.program);
+                    let status = LeaseStatus {
+                        id: *id,
+                        ifname: rec.ifname.clone(),
+                        ifindex: rec.ifindex,
+                        queues: rec
+                            .sockets
+                            .iter()
+                            .map(|(q, _)| *q)
+                            .chain(rec.map_queues.iter().copied())
+                            .collect(),
+                        holder: Holder {
+                            pid: rec.peer.pid,
+                            uid: rec.peer.uid,
+                            gid: rec.peer.gid,
+                        },
+                        mode: program.map_or(AttachMode::Skb, |p| p.mode()),
+                        program_id: program.map_or(0, |p| p.attached_id()),
+                        age_ms: u64::try_from(rec.granted.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        sockets: Vec::new(),
+                    };
+                    (status, rec.sockets.clone())
+                })
+                .collect()
+        };
+        snapshot
+            .into_iter()
+            .map(|(mut status, sockets)| {
+                status.sockets = sockets
+                    .iter()
+                    .map(|(q, fd)| match xdp::xsk_statistics(fd.as_fd()) {
+                        Ok(st) => SocketStatus {
+                            queue_id: *q,
+                            statistics: Some(st),
+                            error: None,
+                        },
+                        Err(e) => SocketStatus {
+                            queue_id: *q,
+                            statistics: None,
+                            error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
+                        },
+                    })
+                    .collect();
+                status
             })
             .collect()
     }
@@ -513,35 +756,18 @@ impl Broker {
                  bpffs mount (e.g. /sys/fs/bpf/xsk-broker)",
             ));
         }
-        let (ifindex, counts) = check_queues(&req)?;
-        let mut inner = self.lock();
-        self.check_lease_limits(&inner, req.queues, peer)?;
-        if let Some(iface) = inner.interfaces.get(&ifindex) {
-            check_free(iface, &req)?;
-            check_mode(&req, iface.program.mode())?;
-        }
+        let Prepared {
+            mut inner,
+            ifindex,
+            newly_attached,
+            _turn,
+        } = self.prepare_grant(&req, peer)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
-        let newly_attached = !inner.interfaces.contains_key(&ifindex);
-        if newly_attached {
-            let program = attach(&req, ifindex, counts.max, self.persist.as_ref())?;
-            info!(
-                ifname = %req.ifname, ifindex, mode = %program.mode(),
-                program_id = program.attached_id(), "attached the XSK program"
-            );
-            inner.interfaces.insert(
-                ifindex,
-                Interface {
-                    name: req.ifname.clone(),
-                    program,
-                    queues: BTreeMap::new(),
-                },
-            );
-        }
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
-            .expect("present: found or inserted just above");
+            .expect("present: prepare_grant attached it or found it");
         let granted = (|| {
             let fd = iface.program.map_fd_dup().map_err(|e| {
                 err(
@@ -597,19 +823,50 @@ impl Broker {
     }
 }
 
-/// The interface's index and queue counts, with the asked-for queues checked
-/// against the device.
-fn check_queues(req: &OpenRequest) -> Result<(u32, xdp::QueueCounts), ErrorReply> {
-    let ifindex = nix::net::if_::if_nametoindex(req.ifname.as_str()).map_err(|e| {
-        err(
+/// Resolve an interface name a peer sent (its name or one of its alternative
+/// names) to its index and canonical name. Policy, logs and replies use the
+/// canonical name only: an altname never stands for the interface there.
+pub fn resolve_interface(name: &str) -> Result<(u32, String), ErrorReply> {
+    xsk_broker_protocol::message::validate_ifname(name)?;
+    let lookup = |e: nix::errno::Errno| match e {
+        nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO => err(
             ErrorCode::NoSuchInterface,
             format!(
-                "interface {:?} not found in the broker's network namespace ({e}); \
-                 check the name with `ip link`",
+                "interface {name:?} not found in the broker's network namespace ({e}); check \
+                 the name with `ip link`"
+            ),
+        ),
+        e => err(
+            ErrorCode::Internal,
+            format!(
+                "cannot look up interface {name:?}: {} ({e}); try again",
+                e.desc()
+            ),
+        ),
+    };
+    let ifindex = nix::net::if_::if_nametoindex(name).map_err(lookup)?;
+    let canonical = nix::net::if_::if_indextoname(ifindex)
+        .map_err(lookup)?
+        .to_string_lossy()
+        .into_owned();
+    Ok((ifindex, canonical))
+}
+
+/// The interface's index and queue counts, with the asked-for queues checked
+/// against the device. `req.ifname` must be the interface's canonical name
+/// (see [`resolve_interface`]).
+fn check_queues(req: &OpenRequest) -> Result<(u32, xdp::QueueCounts), ErrorReply> {
+    let (ifindex, canonical) = resolve_interface(&req.ifname)?;
+    if canonical != req.ifname {
+        return Err(err(
+            ErrorCode::NoSuchInterface,
+            format!(
+                "{:?} names interface {canonical} (ifindex {ifindex}) by another name, or it \
+                 was renamed meanwhile; ask for {canonical}",
                 req.ifname
             ),
-        )
-    })?;
+        ));
+    }
     let counts = xdp::queue_counts(&req.ifname).map_err(|e| {
         err(
             ErrorCode::Internal,
@@ -843,23 +1100,34 @@ fn detach_all_unused(inner: &mut Inner, persist: Option<&Persist>) {
 }
 
 fn detach_if_unused(inner: &mut Inner, ifindex: u32, persist: Option<&Persist>) {
-    if inner
+    if let Some(iface) = take_if_unused(inner, ifindex, persist) {
+        detach(iface, ifindex);
+    }
+}
+
+/// Take an interface no lease uses out of the table, and its pins away; the
+/// caller detaches its program ([`detach`]).
+fn take_if_unused(inner: &mut Inner, ifindex: u32, persist: Option<&Persist>) -> Option<Interface> {
+    if !inner
         .interfaces
         .get(&ifindex)
         .is_some_and(|i| i.queues.is_empty())
     {
-        let iface = inner
-            .interfaces
-            .remove(&ifindex)
-            .expect("entry checked just above");
-        let name = iface.name;
-        if let Some(p) = persist {
-            p.unpin(ifindex, iface.program.mode());
-        }
-        match iface.program.detach() {
-            Ok(()) => info!(ifname = %name, ifindex, "detached the XSK program (no lease uses it)"),
-            Err(e) => warn!("{e}; the program may still be attached"),
-        }
+        return None;
+    }
+    let iface = inner.interfaces.remove(&ifindex)?;
+    if let Some(p) = persist {
+        p.unpin(ifindex, iface.program.mode());
+    }
+    Some(iface)
+}
+
+/// Detach the program of an interface taken out of the table.
+fn detach(iface: Interface, ifindex: u32) {
+    let name = iface.name;
+    match iface.program.detach() {
+        Ok(()) => info!(ifname = %name, ifindex, "detached the XSK program (no lease uses it)"),
+        Err(e) => warn!("{e}; the program may still be attached"),
     }
 }
 
@@ -1054,7 +1322,7 @@ impl Broker {
                 gid: l.gid,
             };
             let Some(iface) = inner.interfaces.get_mut(&l.ifindex) else {
-                release_restored(l, "its interface or program is gone");
+                release_restored(l, "its interface or program is gone", &self.counters);
                 released += 1;
                 continue;
             };
@@ -1094,7 +1362,14 @@ impl Broker {
                             warn!("{e}");
                         }
                     }
-                    release_restored(l, "the holder exited while the broker was down");
+                    for q in &l.queues {
+                        inner.previous.insert((l.ifindex, *q), peer);
+                    }
+                    release_restored(
+                        l,
+                        "the holder exited while the broker was down",
+                        &self.counters,
+                    );
                     released += 1;
                 }
             }
@@ -1153,7 +1428,7 @@ impl Broker {
             ifname = %rec.ifname, queues = ?rec.map_queues,
             "released: the holder of a lease kept across a restart exited"
         );
-        crate::metrics::COUNTERS.release();
+        self.counters.release();
         detach_if_unused(&mut inner, rec.ifindex, self.persist.as_ref());
         let _ = self.save(&inner);
     }
@@ -1172,14 +1447,14 @@ fn not_recorded(e: persist::StateError) -> ErrorReply {
 
 /// End a lease of an earlier run at start (its map entries are already gone
 /// or are removed by the caller): remove its map pin, log and count it.
-fn release_restored(l: &persist::LeaseState, why: &str) {
+fn release_restored(l: &persist::LeaseState, why: &str, counters: &Counters) {
     remove_pin(l.map_pin.as_deref());
     info!(
         event = "release", pid = l.pid, uid = l.uid, gid = l.gid,
         ifname = %l.ifname, queues = ?l.queues,
         "released: {why}"
     );
-    crate::metrics::COUNTERS.release();
+    counters.release();
 }
 
 fn remove_pin(pin: Option<&Path>) {
@@ -1234,6 +1509,19 @@ fn remove_stale_pins(p: &Persist, keep: &[PathBuf]) {
         match std::fs::remove_file(&path) {
             Ok(()) => info!(pin = %path.display(), "removed a stale pin"),
             Err(e) => warn!("cannot remove the stale pin {}: {e}", path.display()),
+        }
+    }
+}
+
+impl SnapshotSource for Broker {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            uptime: self.counters.uptime(),
+            grants: self.counters.grants(),
+            releases: self.counters.releases(),
+            refusals: self.counters.refusals(),
+            leases: self.lease_status(None),
+            confinement: self.confinement_level(),
         }
     }
 }

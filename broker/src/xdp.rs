@@ -65,6 +65,9 @@ pub struct XskProgram {
     mode: AttachMode,
     prog_fd: OwnedFd,
     map_fd: OwnedFd,
+    /// The id the kernel reported on the interface when attached or reopened
+    /// (asked once: each query is a netlink dump of every interface).
+    attached_id: u32,
 }
 
 /// Duplicate `fd` (close-on-exec) into an fd we own.
@@ -190,6 +193,7 @@ impl XskProgram {
             mode,
             prog_fd,
             map_fd,
+            attached_id: attached_prog_id(ifindex, mode).unwrap_or(0),
         })
     }
 
@@ -226,6 +230,7 @@ impl XskProgram {
             mode,
             prog_fd,
             map_fd,
+            attached_id: id,
         })
     }
 
@@ -247,10 +252,11 @@ impl XskProgram {
         self.mode
     }
 
-    /// The id of the XDP program the kernel reports on the interface for this
-    /// mode (libxdp's dispatcher, if it used one, else the XSK program).
+    /// The id of the XDP program the kernel reported on the interface for
+    /// this mode when it was attached or reopened (libxdp's dispatcher, if it
+    /// used one, else the XSK program).
     pub fn attached_id(&self) -> u32 {
-        attached_prog_id(self.ifindex, self.mode).unwrap_or(0)
+        self.attached_id
     }
 
     /// Point `queue_id`'s XSKMAP entry at `sock`.

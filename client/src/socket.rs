@@ -356,6 +356,130 @@ fn domain_name(d: i32) -> &'static str {
     }
 }
 
+/// Turns an `io::Error` of `op` on `fd` into [`Error::Sys`].
+fn sys_err(op: &'static str, fd: RawFd) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Sys { op, fd, source }
+}
+
+/// Adopt step 1: the fd must be an AF_XDP socket (`SO_DOMAIN`); anything
+/// else is [`Error::NotAfXdp`] saying what it is.
+fn check_af_xdp(fd: BorrowedFd<'_>) -> Result<(), Error> {
+    let raw = fd.as_raw_fd();
+    let found = match sys::socket_domain(fd) {
+        Ok(sys::AF_XDP) => return Ok(()),
+        Ok(d) => format!("a socket of address family {d}{}", domain_name(d)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => "not a socket".into(),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => "not an open file descriptor".into(),
+        Err(e) => return Err(sys_err("getsockopt(SO_DOMAIN)", raw)(e)),
+    };
+    Err(Error::NotAfXdp { fd: raw, found })
+}
+
+/// Adopt step 2: map an anonymous umem of `frame_count * frame_size` bytes
+/// and register it (`XDP_UMEM_REG`). `ENOBUFS` (over `RLIMIT_MEMLOCK`)
+/// becomes [`Error::Memlock`] with the limits, `EBUSY` (a umem is already
+/// registered) [`Error::AlreadyConfigured`].
+fn register_umem(fd: BorrowedFd<'_>, u: &UmemConfig) -> Result<Umem, Error> {
+    let raw = fd.as_raw_fd();
+    let umem = Umem::new(u.frame_count, u.frame_size).map_err(sys_err("mmap(umem)", raw))?;
+    if let Err(e) = sys::register_umem(fd, &umem.registration(u.frame_size, u.headroom)) {
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOBUFS) => {
+                let (soft_limit, hard_limit) = sys::memlock_limit().unwrap_or((u64::MAX, u64::MAX));
+                Error::Memlock {
+                    fd: raw,
+                    bytes: u.umem_bytes(),
+                    soft_limit,
+                    hard_limit,
+                }
+            }
+            Some(libc::EBUSY) => Error::AlreadyConfigured {
+                fd: raw,
+                op: "setsockopt(XDP_UMEM_REG)",
+                source: e,
+            },
+            _ => sys_err("setsockopt(XDP_UMEM_REG)", raw)(e),
+        });
+    }
+    Ok(umem)
+}
+
+/// Adopt step 3: set the sizes of the fill, completion, rx and tx rings.
+/// A ring that already exists (the socket was set up before) is
+/// [`Error::AlreadyConfigured`].
+fn size_rings(fd: BorrowedFd<'_>, config: &SocketConfig) -> Result<(), Error> {
+    let raw = fd.as_raw_fd();
+    let u = &config.umem;
+    for (opt, op, entries) in [
+        (
+            sys::XDP_UMEM_FILL_RING,
+            "setsockopt(XDP_UMEM_FILL_RING)",
+            u.fill_size,
+        ),
+        (
+            sys::XDP_UMEM_COMPLETION_RING,
+            "setsockopt(XDP_UMEM_COMPLETION_RING)",
+            u.comp_size,
+        ),
+        (sys::XDP_RX_RING, "setsockopt(XDP_RX_RING)", config.rx_size),
+        (sys::XDP_TX_RING, "setsockopt(XDP_TX_RING)", config.tx_size),
+    ] {
+        if let Err(e) = sys::set_ring_size(fd, opt, entries) {
+            // EBUSY: already bound. EINVAL with a valid power-of-two size:
+            // the ring already exists.
+            return Err(match e.raw_os_error() {
+                Some(libc::EBUSY | libc::EINVAL) => Error::AlreadyConfigured {
+                    fd: raw,
+                    op,
+                    source: e,
+                },
+                _ => sys_err(op, raw)(e),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The four rings of a socket, mapped into this process.
+struct MappedRings {
+    rx: ConsRing<xdp_desc>,
+    tx: ProdRing<xdp_desc>,
+    fill: ProdRing<u64>,
+    comp: ConsRing<u64>,
+}
+
+/// Adopt step 4: read the rings' layout (`XDP_MMAP_OFFSETS`; a layout this
+/// code does not know is [`Error::UnsupportedKernel`]) and map the four
+/// rings.
+fn map_rings(fd: BorrowedFd<'_>, config: &SocketConfig) -> Result<MappedRings, Error> {
+    let raw = fd.as_raw_fd();
+    let u = &config.umem;
+    let off = sys::mmap_offsets(fd).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::Unsupported {
+            Error::UnsupportedKernel {
+                fd: raw,
+                detail: e.to_string(),
+            }
+        } else {
+            sys_err("getsockopt(XDP_MMAP_OFFSETS)", raw)(e)
+        }
+    })?;
+    let rx = ConsRing::map(fd, sys::XDP_PGOFF_RX_RING as u64, &off.rx, config.rx_size)
+        .map_err(|e| map_ring_error(raw, "mmap(rx ring)", e))?;
+    let tx = ProdRing::map(fd, sys::XDP_PGOFF_TX_RING as u64, &off.tx, config.tx_size)
+        .map_err(|e| map_ring_error(raw, "mmap(tx ring)", e))?;
+    let fill = ProdRing::map(fd, sys::XDP_UMEM_PGOFF_FILL_RING, &off.fr, u.fill_size)
+        .map_err(|e| map_ring_error(raw, "mmap(fill ring)", e))?;
+    let comp = ConsRing::map(
+        fd,
+        sys::XDP_UMEM_PGOFF_COMPLETION_RING,
+        &off.cr,
+        u.comp_size,
+    )
+    .map_err(|e| map_ring_error(raw, "mmap(completion ring)", e))?;
+    Ok(MappedRings { rx, tx, fill, comp })
+}
+
 impl XskSocket {
     /// Adopt an unbound AF_XDP socket created by someone else (the broker),
     /// set it up and bind it to `(ifindex, queue_id)`. Needs no capability.
@@ -367,7 +491,9 @@ impl XskSocket {
     /// read `XDP_MMAP_OFFSETS` and map the four rings; put frames on the fill
     /// ring (keeping `batch_size` frames back for transmission, as QEMU
     /// does); bind with `XDP_USE_NEED_WAKEUP` (if configured) and
-    /// `XDP_COPY`/`XDP_ZEROCOPY` per `config.copy`.
+    /// `XDP_COPY`/`XDP_ZEROCOPY` per `config.copy`; raise the copy-mode
+    /// transmit budget to `batch_size` when that is above 32 (see
+    /// [`SocketConfig`]). Each step is a function of its own below.
     ///
     /// `ifindex` is resolved in the network namespace the socket was created
     /// in, so pass the index the broker reports. On error the fd is closed.
@@ -378,135 +504,34 @@ impl XskSocket {
         config: &SocketConfig,
     ) -> Result<XskSocket, Error> {
         config.validate()?;
-        let raw = fd.as_raw_fd();
-        let sys_err = |op: &'static str| {
-            move |source| Error::Sys {
-                op,
-                fd: raw,
-                source,
-            }
-        };
+        check_af_xdp(fd.as_fd())?;
+        let umem = register_umem(fd.as_fd(), &config.umem)?;
+        size_rings(fd.as_fd(), config)?;
+        let rings = map_rings(fd.as_fd(), config)?;
+        let mut sock = XskSocket::assemble(fd, umem, rings, ifindex, queue_id, config);
+        sock.refill(config.umem.fill_size);
+        sock.bind(config)?;
+        sock.raise_tx_budget(config.batch_size);
+        Ok(sock)
+    }
 
-        match sys::socket_domain(fd.as_fd()) {
-            Ok(sys::AF_XDP) => {}
-            Ok(d) => {
-                return Err(Error::NotAfXdp {
-                    fd: raw,
-                    found: format!("a socket of address family {d}{}", domain_name(d)),
-                })
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
-                return Err(Error::NotAfXdp {
-                    fd: raw,
-                    found: "not a socket".into(),
-                })
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
-                return Err(Error::NotAfXdp {
-                    fd: raw,
-                    found: "not an open file descriptor".into(),
-                })
-            }
-            Err(e) => return Err(sys_err("getsockopt(SO_DOMAIN)")(e)),
-        }
-
+    /// Adopt step 5: the socket from its parts, every umem frame free in the
+    /// pool, nothing bound or in flight yet (`adopt` then puts frames on the
+    /// fill ring).
+    fn assemble(
+        fd: OwnedFd,
+        umem: Umem,
+        rings: MappedRings,
+        ifindex: u32,
+        queue_id: u32,
+        config: &SocketConfig,
+    ) -> XskSocket {
         let u = &config.umem;
-        let umem = Umem::new(u.frame_count, u.frame_size).map_err(sys_err("mmap(umem)"))?;
-        if let Err(e) = sys::register_umem(fd.as_fd(), &umem.registration(u.frame_size, u.headroom))
-        {
-            return Err(match e.raw_os_error() {
-                Some(libc::ENOBUFS) => {
-                    let (soft_limit, hard_limit) =
-                        sys::memlock_limit().unwrap_or((u64::MAX, u64::MAX));
-                    Error::Memlock {
-                        fd: raw,
-                        bytes: u.umem_bytes(),
-                        soft_limit,
-                        hard_limit,
-                    }
-                }
-                Some(libc::EBUSY) => Error::AlreadyConfigured {
-                    fd: raw,
-                    op: "setsockopt(XDP_UMEM_REG)",
-                    source: e,
-                },
-                _ => sys_err("setsockopt(XDP_UMEM_REG)")(e),
-            });
-        }
-
-        for (opt, op, entries) in [
-            (
-                sys::XDP_UMEM_FILL_RING,
-                "setsockopt(XDP_UMEM_FILL_RING)",
-                u.fill_size,
-            ),
-            (
-                sys::XDP_UMEM_COMPLETION_RING,
-                "setsockopt(XDP_UMEM_COMPLETION_RING)",
-                u.comp_size,
-            ),
-            (sys::XDP_RX_RING, "setsockopt(XDP_RX_RING)", config.rx_size),
-            (sys::XDP_TX_RING, "setsockopt(XDP_TX_RING)", config.tx_size),
-        ] {
-            if let Err(e) = sys::set_ring_size(fd.as_fd(), opt, entries) {
-                // EBUSY: already bound. EINVAL with a valid power-of-two size:
-                // the ring already exists.
-                return Err(match e.raw_os_error() {
-                    Some(libc::EBUSY | libc::EINVAL) => Error::AlreadyConfigured {
-                        fd: raw,
-                        op,
-                        source: e,
-                    },
-                    _ => sys_err(op)(e),
-                });
-            }
-        }
-
-        let off = sys::mmap_offsets(fd.as_fd()).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::Unsupported {
-                Error::UnsupportedKernel {
-                    fd: raw,
-                    detail: e.to_string(),
-                }
-            } else {
-                sys_err("getsockopt(XDP_MMAP_OFFSETS)")(e)
-            }
-        })?;
-
-        let rx = ConsRing::map(
-            fd.as_fd(),
-            sys::XDP_PGOFF_RX_RING as u64,
-            &off.rx,
-            config.rx_size,
-        )
-        .map_err(|e| map_ring_error(raw, "mmap(rx ring)", e))?;
-        let tx = ProdRing::map(
-            fd.as_fd(),
-            sys::XDP_PGOFF_TX_RING as u64,
-            &off.tx,
-            config.tx_size,
-        )
-        .map_err(|e| map_ring_error(raw, "mmap(tx ring)", e))?;
-        let fill = ProdRing::map(
-            fd.as_fd(),
-            sys::XDP_UMEM_PGOFF_FILL_RING,
-            &off.fr,
-            u.fill_size,
-        )
-        .map_err(|e| map_ring_error(raw, "mmap(fill ring)", e))?;
-        let comp = ConsRing::map(
-            fd.as_fd(),
-            sys::XDP_UMEM_PGOFF_COMPLETION_RING,
-            &off.cr,
-            u.comp_size,
-        )
-        .map_err(|e| map_ring_error(raw, "mmap(completion ring)", e))?;
-
-        let mut sock = XskSocket {
-            rx,
-            tx,
-            fill,
-            comp,
+        XskSocket {
+            rx: rings.rx,
+            tx: rings.tx,
+            fill: rings.fill,
+            comp: rings.comp,
             fd,
             umem,
             pool: FramePool::full(u.frame_count, u.frame_size),
@@ -522,9 +547,14 @@ impl XskSocket {
             outstanding_tx: 0,
             tx_budget: KERNEL_TX_BUDGET,
             counters: Counters::default(),
-        };
-        sock.refill(u.fill_size);
+        }
+    }
 
+    /// Adopt step 6: bind to `(ifindex, queue_id)` with
+    /// `XDP_USE_NEED_WAKEUP` (if configured) and `XDP_COPY`/`XDP_ZEROCOPY`
+    /// per `config.copy` ([`Error::Bind`] with a hint per errno), then read
+    /// back whether the kernel chose zero-copy (`XDP_OPTIONS`).
+    fn bind(&mut self, config: &SocketConfig) -> Result<(), Error> {
         let mut flags = 0u16;
         if config.need_wakeup {
             flags |= sys::XDP_USE_NEED_WAKEUP;
@@ -537,31 +567,36 @@ impl XskSocket {
         let addr = sys::sockaddr_xdp {
             sxdp_family: sys::AF_XDP as u16,
             sxdp_flags: flags,
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: queue_id,
+            sxdp_ifindex: self.ifindex,
+            sxdp_queue_id: self.queue_id,
             sxdp_shared_umem_fd: 0,
         };
-        if let Err(source) = sys::bind_xdp(sock.fd.as_fd(), &addr) {
+        if let Err(source) = sys::bind_xdp(self.fd.as_fd(), &addr) {
             return Err(Error::Bind {
-                fd: raw,
-                ifindex,
-                queue_id,
+                fd: self.fd.as_raw_fd(),
+                ifindex: self.ifindex,
+                queue_id: self.queue_id,
                 hint: bind_hint(source.raw_os_error(), config.copy),
                 source,
             });
         }
         // If the mode cannot be read, assume zero-copy: it only makes the tx
         // wakeup more eager.
-        sock.zero_copy = sys::options(sock.fd.as_fd())
+        self.zero_copy = sys::options(self.fd.as_fd())
             .map(|f| f & sys::XDP_OPTIONS_ZEROCOPY != 0)
             .unwrap_or(true);
-        if config.batch_size > KERNEL_TX_BUDGET {
+        Ok(())
+    }
+
+    /// Adopt step 7: let one copy-mode wakeup send a whole batch when
+    /// `batch_size` is above the kernel's default budget of 32.
+    fn raise_tx_budget(&mut self, batch_size: u32) {
+        if batch_size > KERNEL_TX_BUDGET {
             // Best effort: on kernels without the option (ENOPROTOOPT) the
             // budget stays 32 and only the syscall count differs. The value
             // is within the kernel's bounds (32 < batch_size <= tx_size).
-            let _ = sock.set_tx_budget(config.batch_size);
+            let _ = self.set_tx_budget(batch_size);
         }
-        Ok(sock)
     }
 
     /// The queue id the socket is bound to.

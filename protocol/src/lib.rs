@@ -15,11 +15,15 @@
 //! fds it did carry are closed ([`transport::Channel::recv`]).
 //!
 //! Limits a receiver enforces: a body of at most [`MAX_MESSAGE_LEN`] bytes,
-//! never empty, at most [`MAX_FDS`] fds (more are closed; past the control
-//! buffer the kernel truncates them, [`TransportError::ControlTruncated`]),
-//! JSON nested at most [`MAX_NESTING`] deep, no duplicate or unknown keys; a
-//! frame must complete within the receiver's frame timeout once begun
-//! ([`Channel::set_frame_timeout`], [`TransportError::Stalled`]).
+//! never empty, at most [`MAX_FDS`] fds, or fewer as the receiver sets
+//! ([`Channel::set_max_fds_in`]; the broker takes none), JSON nested at most
+//! [`MAX_NESTING`] deep, no duplicate or unknown keys; a frame must complete
+//! within the receiver's frame timeout once begun
+//! ([`Channel::set_frame_timeout`], [`TransportError::Stalled`]). fds are
+//! bounded as they arrive: a receiver never holds more of a frame's fds than
+//! it declared (at most its limit); the surplus is closed at once, however
+//! many sends it comes in, and the frame refused
+//! ([`TransportError::TooManyFds`]) with the stream still in step.
 //!
 //! The first request on a connection is [`Request::Hello`]; the broker answers
 //! with its version or an [`ErrorCode::UnsupportedVersion`] error. A connection

@@ -15,6 +15,49 @@ use serde_json::Value;
 use crate::broker::workspace_bin;
 use crate::unpriv::{spawn_nobody_with_caps, spawn_unprivileged};
 
+/// Read `out` line by line on a thread of its own; the lines arrive on the
+/// returned channel, which closes at EOF.
+pub fn line_reader(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Run `xsk-brokerctl --socket SOCKET ARGS...`, as nobody with no
+/// capabilities when `unprivileged` (a tenant), else as this process (root):
+/// its standard output, or its exit status and standard error.
+pub fn brokerctl(socket: &Path, args: &[&str], unprivileged: bool) -> Result<String, String> {
+    let bin = workspace_bin("xsk-brokerctl").map_err(|e| format!("{e:#}"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = if unprivileged {
+        spawn_unprivileged(&mut cmd).map_err(|e| format!("{e:#}"))?
+    } else {
+        cmd.spawn().map_err(|e| e.to_string())?
+    };
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "xsk-brokerctl {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| e.to_string())
+}
+
 /// Umem frames per queue used by tests: 256 frames of 2048 bytes (512 KiB),
 /// so several queues and clients of uid nobody fit an 8 MiB RLIMIT_MEMLOCK.
 pub const TEST_FRAMES: u32 = 256;
@@ -99,16 +142,7 @@ impl ClientProcess {
                 let _ = pipe.write_all(&data);
             });
         }
-        let stdout = child.stdout.take().context("client stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_reader(child.stdout.take().context("client stdout")?);
         let mut err_pipe = child.stderr.take().context("client stderr")?;
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();

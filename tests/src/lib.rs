@@ -55,7 +55,7 @@ pub use broker::{
     workspace_bin, BrokerProcess, BROKER_READY_TIMEOUT, BROKER_STOP_GRACE, TEST_POLICY,
 };
 pub use capture::Capture;
-pub use client::{serial_guard, ClientProcess, TEST_FRAMES};
+pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
 pub use guest::{guest_crashed, guest_unavailable, require_guest, Guest, GuestSpec};
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use xsk_client::{BrokerClient, OpenRequest, SocketConfig};
 use xsk_testbed::{
-    nobody_ids, require_root, send_udp, serial_guard, spawn_unprivileged, udp_roundtrip,
-    wait_until, workspace_bin, BrokerBed, BrokerProcess, ClientProcess, TempDir, Testbed,
-    TEST_FRAMES,
+    nobody_ids, require_root, send_udp, serial_guard, udp_roundtrip, wait_until, workspace_bin,
+    BrokerBed, BrokerProcess, ClientProcess, TempDir, Testbed, TEST_FRAMES,
 };
 
 const READY: Duration = Duration::from_secs(15);
@@ -20,25 +19,14 @@ const READY: Duration = Duration::from_secs(15);
 /// Run `xsk-brokerctl --socket SOCKET ARGS...` as uid nobody with no
 /// capabilities (reading status needs none) and return its stdout; fails on
 /// a non-zero exit, with its stderr.
+/// `xsk-brokerctl --socket S ARGS...` as nobody with no capabilities.
 fn brokerctl(env: &BrokerBed, args: &[&str]) -> String {
-    let mut cmd = Command::new(workspace_bin("xsk-brokerctl").unwrap());
-    cmd.arg("--socket")
-        .arg(env.broker.socket_path())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = spawn_unprivileged(&mut cmd)
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "xsk-brokerctl {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    xsk_testbed::brokerctl(env.broker.socket_path(), args, true).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `xsk-brokerctl --socket S ARGS...` as root (who sees every lease).
+fn brokerctl_as_root(env: &BrokerBed, args: &[&str]) -> String {
+    xsk_testbed::brokerctl(env.broker.socket_path(), args, false).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn status_json(env: &BrokerBed) -> Value {
@@ -195,7 +183,9 @@ fn status_counts_drops_of_a_socket_that_is_not_read() {
         let s = socks[0].statistics().unwrap();
         (s.rx_dropped >= u64::from(N) - 16).then_some(s)
     });
-    let st = status_json(&env);
+    // The holder is this (root) process: a tenant would see only its own
+    // leases, so root asks.
+    let st: Value = serde_json::from_str(&brokerctl_as_root(&env, &["status", "--json"])).unwrap();
     let l = &st["leases"][0];
     assert_eq!(l["holder"]["pid"], std::process::id(), "{st:#}");
     let s = &l["sockets"][0];
@@ -210,7 +200,7 @@ fn status_counts_drops_of_a_socket_that_is_not_read() {
             .unwrap()
             > 0
     );
-    let table = brokerctl(&env, &["status"]);
+    let table = brokerctl_as_root(&env, &["status"]);
     assert!(
         table.contains(&own.rx_dropped.to_string()),
         "rx_dropped {} not in:\n{table}",

@@ -622,7 +622,22 @@ fn a_reused_pid_is_not_taken_for_the_holder() {
     lease["start_time"] = (started + 1).into();
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
     env.start().unwrap();
-    env.try_open(1, 0)
-        .expect("the queue of a holder that is gone is free");
+    // The broker takes the holder for gone and drops its lease; but the
+    // holder's socket is still bound to the queue, and the kernel says so:
+    // the queue is not granted while that socket lives.
+    let err = env
+        .try_open(1, 0)
+        .expect_err("queue 0 is still bound by the live client");
+    assert_eq!(err.broker_code(), Some(ErrorCode::QueueBusy), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("previous holder (pid {}", a.pid())),
+        "{err}"
+    );
     a.kill().unwrap();
+    wait_until(
+        "the queue of a holder that is gone to be free",
+        READY,
+        || env.try_open(1, 0).is_ok(),
+    );
 }

@@ -3,12 +3,7 @@
 //! from the same clap definitions as the programs' `--help`. Used when
 //! building the Debian package (packaging/deb/build).
 
-#[path = "../cli.rs"]
-#[allow(dead_code)]
-mod cli;
-#[path = "../ctl_cli.rs"]
-#[allow(dead_code)]
-mod ctl_cli;
+use xsk_brokerd::{cli, ctl_cli};
 
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,7 @@
 //! (`XDP_STATISTICS`), as tables or, with `--json`, as one JSON object.
 
 use std::os::unix::net::UnixStream;
-#[path = "../ctl_cli.rs"]
-mod ctl_cli;
+use xsk_brokerd::ctl_cli;
 
 use std::path::Path;
 use std::time::Duration;

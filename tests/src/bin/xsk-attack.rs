@@ -16,6 +16,8 @@
 //!                                socket's umem (needs two leased queues: open ... 2)
 //!   release                      send release on the connection
 //!   status                       send status and print how many leases it shows
+//!   whoami                       print the process's uid and CapEff (from /proc/self/status)
+//!   wait                         print {"step":"wait"} and wait for a line on stdin
 //!   hold                         print {"step":"hold"} and sleep until killed
 //! ```
 //!
@@ -65,7 +67,7 @@ struct SockaddrXdp {
 fn errno_json(e: &std::io::Error) -> Value {
     let name = e
         .raw_os_error()
-        .map(|n| nix::errno::Errno::from_raw(n).to_string())
+        .map(|n| format!("{:?}", nix::errno::Errno::from_raw(n)))
         .unwrap_or_default();
     json!({ "errno": e.raw_os_error(), "error": name, "message": e.to_string() })
 }
@@ -250,6 +252,22 @@ impl Attacker {
                 }),
                 (other, _) => reply_json("status", other),
             },
+            "whoami" => {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let field = |name: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+                };
+                json!({"step": "whoami", "uid": field("Uid:"), "cap_eff": field("CapEff:")})
+            }
+            "wait" => {
+                println!("{}", json!({"step": "wait"}));
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                json!({"step": "waited"})
+            }
             "hold" => {
                 println!("{}", json!({"step": "hold"}));
                 loop {
@@ -320,16 +338,15 @@ fn main() {
             let s = UnixStream::connect(path)
                 .unwrap_or_else(|e| usage(&format!("connecting to {path}: {e}")));
             let chan = Channel::new(s);
-            chan.send(
-                &Request::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                }),
-                &[],
-            )
-            .unwrap_or_else(|e| usage(&format!("hello: {e}")));
+            // A broker over a limit answers and closes before reading: the
+            // send may fail, the answer is still there to read.
+            let hello = Request::Hello(Hello {
+                version: PROTOCOL_VERSION,
+            });
+            let sent = chan.send(&hello, &[]);
             match chan.recv().ok().and_then(|g| decode_response(&g.body).ok()) {
                 Some(Response::Hello(_)) => {}
-                other => usage(&format!("hello refused: {other:?}")),
+                other => usage(&format!("hello refused: {other:?} (send: {sent:?})")),
             }
             chan
         }
