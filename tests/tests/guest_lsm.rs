@@ -164,6 +164,14 @@ fn bpf_lsm_holds_leased_sockets_to_queue_and_copy_mode() {
     let not_granted = result(&log, "not-granted");
     assert_eq!(not_granted["code"], "not_permitted", "{not_granted}");
 
+    // A socket leased before the broker stopped, bound while no broker runs:
+    // the pinned program still refuses another queue.
+    let no_broker = result(&log, "no-broker");
+    assert_eq!(no_broker["step"], "bind", "{no_broker}\n{log}");
+    assert_refused(&log, "no-broker", libc::EPERM);
+    // (The script stops the broker, checked here, before letting it bind.)
+    line_with(&log, "INFO broker stopped");
+
     // Pinned in --pin-dir, reused by the restarted broker (not loaded twice),
     // which still enforces (and starts under --confinement kernel).
     let pins = line_with(&log, "INFO pins ");
