@@ -51,14 +51,16 @@ fn add_other_interface(tb: &Testbed) -> OtherInterface {
         .expect("adding the second veth pair in the broker's namespace");
     for ifname in [&name, &peer] {
         // No IPv6: an interface coming up would otherwise send DAD/RS packets,
-        // and the test checks that nothing leaves through it.
+        // and the test checks that nothing leaves through it. /proc/sys/net
+        // follows the calling thread's namespace.
+        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
         tb.xsk
-            .run([
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{ifname}.disable_ipv6=1"),
-            ])
-            .expect("disabling IPv6 on the second pair");
+            .enter_thread(|| match std::fs::write(&path, "1") {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // no IPv6 at all
+                Err(e) => panic!("writing 1 to {path}: {e}"),
+            })
+            .expect("entering the broker's namespace");
         tb.xsk
             .ip(["link", "set", ifname, "up"])
             .expect("setting the second pair up");
