@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
-    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, OpenMapRequest, OpenRequest,
-    Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, Channel, CopyMode, ErrorCode, ErrorReply, HelloReply, OpenMapRequest,
+    OpenRequest, Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::kernel::Kernel;
@@ -269,6 +269,25 @@ impl Connection {
                 if let Err(e) = self.admit(ask) {
                     return self.refuse(&req.ifname, e);
                 }
+                // `auto` where the policy does not allow zero-copy is a copy
+                // lease: the kernel then holds the socket to XDP_COPY (at the
+                // `kernel` confinement level), and the reply tells the client.
+                let zero_copy = Ask::Sockets {
+                    ifname: &req.ifname,
+                    queues: req.queues,
+                    mode: req.mode,
+                    copy: CopyMode::ZeroCopy,
+                };
+                let req = if req.copy == CopyMode::Auto
+                    && self.policy.check(&self.identity, zero_copy).is_err()
+                {
+                    OpenRequest {
+                        copy: CopyMode::Copy,
+                        ..req
+                    }
+                } else {
+                    req
+                };
                 let p = self.peer;
                 match self.broker.open(&req, p) {
                     Ok((lease, opened)) => {

@@ -65,6 +65,10 @@ attack other-queue open-copy vta 0 copy bind 0 1 2
 # Zero-copy, and "zero-copy if possible" (no mode flag), on a copy-only lease.
 attack zerocopy open-copy vta 0 copy bind 0 0 4
 attack no-mode-flag open-copy vta 0 copy bind 0 0 0
+# "auto" where the policy allows no zero-copy is a copy lease: zero-copy is
+# refused, XDP_COPY works.
+attack auto-zerocopy open vta 0 bind 0 0 4
+attack auto-copy open vta 0 bind 0 0 2
 # XDP_SHARED_UMEM onto the lease's second socket's umem.
 attack shared-umem open2 vta 0 bind-shared 0
 # Another interface, same queue.

@@ -200,7 +200,9 @@ fn a_released_lease_whose_socket_stays_bound_keeps_its_queue_from_others() {
         "whoami", "open", ifname, "0", "bind", "0", "0", "2", "release", "hold",
     ]);
     holder.expect_unprivileged();
-    holder.expect("open", Some(true));
+    let v = holder.expect("open", Some(true));
+    // The policy allows no zero-copy: the "auto" request is a copy lease.
+    assert_eq!(v["copy"], "copy", "{v}");
     holder.expect("bind", Some(true));
     assert_eq!(
         holder.expect("release", Some(true))["queues"],
@@ -431,6 +433,8 @@ fn the_policy_sees_canonical_names_not_altnames() {
     ]);
     let v = b.expect("open", Some(true));
     assert_eq!(v["ifname"], ifname.as_str(), "{v}");
+    // This policy allows zero-copy: "auto" stays "auto".
+    assert_eq!(v["copy"], "auto", "{v}");
     b.expect("bind", Some(true));
     b.finish();
     let log = broker.log();

@@ -147,6 +147,12 @@ fn bpf_lsm_holds_leased_sockets_to_queue_and_copy_mode() {
     assert_refused(&log, "other-queue", libc::EPERM);
     assert_refused(&log, "zerocopy", libc::EPERM);
     assert_refused(&log, "no-mode-flag", libc::EPERM);
+    assert_refused(&log, "auto-zerocopy", libc::EPERM);
+    let auto_copy = result(&log, "auto-copy");
+    assert_eq!(
+        auto_copy["ok"], true,
+        "an auto lease under a copy-only policy binds with XDP_COPY: {auto_copy}\n{log}"
+    );
     assert_refused(&log, "shared-umem", libc::EPERM);
     // Another interface: the LSM answers (EPERM) before xsk_bind's own
     // SO_BINDTOIFINDEX check would (EINVAL, as on a kernel at level interface).

@@ -285,6 +285,7 @@ impl Attacker {
                 self.sockets = fds;
                 Ok(json!({
                     "step": "open", "ok": true, "ifname": o.ifname, "ifindex": o.ifindex,
+                    "copy": o.copy,
                     "queues": o.sockets.iter().map(|s| s.queue_id).collect::<Vec<_>>(),
                 }))
             }
