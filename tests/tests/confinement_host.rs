@@ -215,16 +215,25 @@ fn leased_socket_cannot_bind_another_interface_and_level_is_reported() {
             &tb.xsk_if,
             "0",
             "copy",
+            "bind-device",
+            &other_ifindex,
             "bind",
             &other_ifindex,
             "0",
             "2",
         ],
     );
-    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps.len(), 3, "{steps:?}");
     assert_eq!(steps[0]["ok"], true, "the lease was refused: {}", steps[0]);
     assert_eq!(steps[0]["ifindex"], tb.xsk_ifindex);
-    let bind = &steps[1];
+    // Without CAP_NET_RAW the holder cannot re-point the socket itself.
+    assert_eq!(
+        steps[1]["ok"], false,
+        "SO_BINDTOIFINDEX was changed: {}",
+        steps[1]
+    );
+    assert_eq!(steps[1]["errno"], libc::EPERM, "{}", steps[1]);
+    let bind = &steps[2];
     assert_eq!(bind["ifindex"], other.ifindex, "{bind}");
     assert_eq!(
         bind["ok"], false,
