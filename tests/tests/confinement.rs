@@ -83,21 +83,11 @@ impl Bed {
     /// Make a second veth pair, both ends in the broker's namespace; returns
     /// the first end's name (`PREFIX` + the test bed's token).
     fn second_interface(&self, prefix: &str) -> String {
-        let token = &self.tb.xsk_if[2..];
-        let (a, b) = (format!("{prefix}{token}"), format!("{prefix}p{token}"));
-        let a = a[..a.len().min(15)].to_owned();
-        let b = b[..b.len().min(15)].to_owned();
+        let name = format!("{prefix}{}", &self.tb.xsk_if[2..]);
         self.tb
-            .xsk
-            .ip(["link", "add", &a, "type", "veth", "peer", "name", &b])
+            .add_local_veth(&name, 2)
             .expect("adding a second veth pair");
-        for i in [&a, &b] {
-            self.tb
-                .xsk
-                .ip(["link", "set", "dev", i, "up"])
-                .expect("link up");
-        }
-        a
+        name
     }
 }
 

@@ -28,50 +28,9 @@ struct OtherInterface {
 
 fn add_other_interface(tb: &Testbed) -> OtherInterface {
     let name = format!("{}o", &tb.xsk_if[..tb.xsk_if.len().min(13)]);
-    let peer = format!("{}p", &tb.xsk_if[..tb.xsk_if.len().min(13)]);
-    tb.xsk
-        .ip([
-            "link",
-            "add",
-            &name,
-            "numrxqueues",
-            "2",
-            "numtxqueues",
-            "2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "numrxqueues",
-            "2",
-            "numtxqueues",
-            "2",
-        ])
-        .expect("adding the second veth pair in the broker's namespace");
-    for ifname in [&name, &peer] {
-        // No IPv6: an interface coming up would otherwise send DAD/RS packets,
-        // and the test checks that nothing leaves through it. /proc/sys/net
-        // follows the calling thread's namespace.
-        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
-        tb.xsk
-            .enter_thread(|| match std::fs::write(&path, "1") {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // no IPv6 at all
-                Err(e) => panic!("writing 1 to {path}: {e}"),
-            })
-            .expect("entering the broker's namespace");
-        tb.xsk
-            .ip(["link", "set", ifname, "up"])
-            .expect("setting the second pair up");
-    }
     let ifindex = tb
-        .xsk
-        .run(["cat", &format!("/sys/class/net/{name}/ifindex")])
-        .expect("reading the second interface's ifindex")
-        .trim()
-        .parse()
-        .expect("an ifindex");
+        .add_local_veth(&name, 2)
+        .expect("adding the second veth pair in the broker's namespace");
     OtherInterface { name, ifindex }
 }
 
