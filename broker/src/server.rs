@@ -349,7 +349,7 @@ impl Connection {
             Request::Status(_) => {
                 debug!(pid = self.peer.pid, uid = self.peer.uid, "status requested");
                 if let Err(e) = self.policy.check(&self.identity, Ask::Status) {
-                    return self.refuse("-", e);
+                    return self.refuse("-", e.into());
                 }
                 let only = (!self.policy.sees_all_leases(&self.identity)).then_some(self.peer.uid);
                 let reply = status_reply(&self.broker, only);
@@ -381,7 +381,9 @@ impl Connection {
                 ),
             ));
         }
-        self.policy.check(&self.identity, ask)
+        self.policy
+            .check(&self.identity, ask)
+            .map_err(ErrorReply::from)
     }
 
     /// The canonical name of the interface a peer named (by its name or an
@@ -481,6 +483,7 @@ fn admit(broker: &Broker, stream: &UnixStream) -> Option<crate::limits::Connecti
     match broker.connections().admit(uid, broker.limits()) {
         Ok(slot) => Some(slot),
         Err(e) => {
+            let e = ErrorReply::from(e);
             debug!(pid, uid, code = %e.code, "connection refused: {}", e.message);
             broker.counters().refusal(e.code);
             // Never block the accept loop on a peer that does not read.
