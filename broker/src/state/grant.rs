@@ -24,7 +24,6 @@ use crate::error::GrantError;
 use crate::kernel::{Kernel, Program};
 use crate::persist::LeaseKind;
 use crate::probe::QueueUse;
-use crate::xdp::QueueCounts;
 
 /// How long a grant waits for the kernel to free a queue whose last socket
 /// was just closed: the kernel unbinds a closed AF_XDP socket's buffer pool
@@ -221,7 +220,7 @@ impl<K: Kernel> Broker<K> {
     /// attached if the interface has none of the broker's yet. The broker's
     /// lock is not held while the kernel is asked or the program attached.
     fn prepare_grant(&self, req: &OpenRequest, peer: Peer) -> Result<Prepared<'_, K>, GrantError> {
-        let (ifindex, counts) = self.check_queues(req)?;
+        let ifindex = self.check_queues(req)?;
         let turn = self.turn(ifindex);
         {
             let inner = self.lock();
@@ -248,6 +247,14 @@ impl<K: Kernel> Broker<K> {
             });
         }
         drop(inner);
+        // The XSKMAP is sized for every queue the device supports.
+        let counts =
+            self.kernel
+                .queue_counts(&req.ifname)
+                .map_err(|source| GrantError::QueueCount {
+                    ifname: req.ifname.clone(),
+                    source,
+                })?;
         let program = self.attach(req, ifindex, counts.max)?;
         info!(
             ifname = %req.ifname, ifindex, mode = %program.mode(),
@@ -335,10 +342,10 @@ impl<K: Kernel> Broker<K> {
         Ok(())
     }
 
-    /// The interface's index and queue counts, with the asked-for queues
-    /// checked against the device. `req.ifname` must be the interface's
+    /// The interface's index, with the asked-for queues checked against the
+    /// device's rx queues in use. `req.ifname` must be the interface's
     /// canonical name (see [`Broker::resolve_interface`]).
-    fn check_queues(&self, req: &OpenRequest) -> Result<(u32, QueueCounts), GrantError> {
+    fn check_queues(&self, req: &OpenRequest) -> Result<u32, GrantError> {
         let (ifindex, canonical) = self.resolve_interface(&req.ifname)?;
         if canonical != req.ifname {
             return Err(GrantError::NotCanonical {
@@ -347,23 +354,23 @@ impl<K: Kernel> Broker<K> {
                 ifindex,
             });
         }
-        let counts =
+        let count =
             self.kernel
-                .queue_counts(&req.ifname)
+                .rx_queues(&req.ifname)
                 .map_err(|source| GrantError::QueueCount {
                     ifname: req.ifname.clone(),
                     source,
                 })?;
         let last = req.start_queue + req.queues - 1;
-        if last >= counts.current {
+        if last >= count {
             return Err(GrantError::QueueOutOfRange {
                 ifname: req.ifname.clone(),
-                count: counts.current,
+                count,
                 first: req.start_queue,
                 last,
             });
         }
-        Ok((ifindex, counts))
+        Ok(ifindex)
     }
 
     /// Attach the XSK program (auto: native, then skb), unless someone
