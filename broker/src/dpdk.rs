@@ -20,11 +20,13 @@
 //! connection, which DPDK sees as a failed request.
 //!
 //! **Queues.** DPDK opens one connection per receive queue, in queue order,
-//! without saying which queue. Each granted `/xsk_map_fd` reserves *one*
-//! queue: the lowest queue of the interface that no lease holds and no
-//! AF_XDP socket is bound to. With DPDK's `start_queue` equal to the lowest
-//! free queue (0 on an interface nobody else uses), connection *i* reserves
-//! exactly the queue DPDK then binds. The policy's `max_queues` applies to
+//! without saying which queue, and it binds each queue's socket *before*
+//! asking for the map. Each granted `/xsk_map_fd` reserves *one* queue: the
+//! lowest queue of the interface that no lease holds (a socket bound to it
+//! is not a refusal here: it is normally the requester's own, see
+//! [`Broker::open_map_already_bound`]). With DPDK's `start_queue` equal to
+//! the lowest unleased queue (0 on an interface nobody else uses),
+//! connection *i* reserves exactly the queue DPDK bound. The policy's `max_queues` applies to
 //! each connection (one queue); `--max-queues-per-uid` and
 //! `--max-leases-per-uid` bound the total.
 //!
@@ -559,8 +561,9 @@ impl<K: Kernel> DpConnection<'_, K> {
         Some(held)
     }
 
-    /// Reserve the lowest queue of `ifname` that is neither leased nor
-    /// bound: DPDK opens its connections in queue order.
+    /// Reserve the lowest queue of `ifname` that no lease holds: DPDK opens
+    /// its connections in queue order, each after binding its socket to
+    /// that queue (so a bound queue is not refused here).
     fn open_lowest_free(
         &self,
         ifname: &str,
@@ -574,9 +577,9 @@ impl<K: Kernel> DpConnection<'_, K> {
                 mode: XdpMode::Auto,
                 pin: false,
             };
-            match self.broker.open_map(&req, self.peer) {
+            match self.broker.open_map_already_bound(&req, self.peer) {
                 Ok(g) => return Ok(g),
-                Err(e @ (GrantError::QueueLeased { .. } | GrantError::QueueBound { .. })) => {
+                Err(e @ GrantError::QueueLeased { .. }) => {
                     busy = Some(e);
                 }
                 // Past the last queue: every queue was busy.
@@ -586,7 +589,7 @@ impl<K: Kernel> DpConnection<'_, K> {
                     return Err(GrantError::Request(xsk_broker_protocol::ErrorReply::new(
                         ErrorCode::QueueBusy,
                         format!(
-                            "every queue of {ifname} (0..{count}) is leased or bound{last}; \
+                            "every queue of {ifname} (0..{count}) is leased{last}; \
                              wait for one to be released"
                         ),
                     )));
