@@ -515,7 +515,7 @@ impl<K: Kernel> DpConnection<'_, K> {
                 return None;
             }
         };
-        let (lease, opened, map_fd) = match self.open_lowest_free(&ifname) {
+        let (lease, opened, map_fd) = match open_lowest_unleased(self.broker, &ifname, p) {
             Ok(g) => g,
             Err(e) => {
                 self.refuse(&ifname, e.code(), &e.to_string());
@@ -559,45 +559,6 @@ impl<K: Kernel> DpConnection<'_, K> {
         self.send(reply::FD_ACK, Some(map_fd.as_fd()));
         drop(map_fd);
         Some(held)
-    }
-
-    /// Reserve the lowest queue of `ifname` that no lease holds: DPDK opens
-    /// its connections in queue order, each after binding its socket to
-    /// that queue (so a bound queue is not refused here).
-    fn open_lowest_free(
-        &self,
-        ifname: &str,
-    ) -> Result<(Lease, xsk_broker_protocol::MapOpened, OwnedFd), GrantError> {
-        let mut busy: Option<GrantError> = None;
-        for queue in 0.. {
-            let req = OpenMapRequest {
-                ifname: ifname.to_owned(),
-                queues: 1,
-                start_queue: queue,
-                mode: XdpMode::Auto,
-                pin: false,
-            };
-            match self.broker.open_map_already_bound(&req, self.peer) {
-                Ok(g) => return Ok(g),
-                Err(e @ GrantError::QueueLeased { .. }) => {
-                    busy = Some(e);
-                }
-                // Past the last queue: every queue was busy.
-                Err(GrantError::QueueOutOfRange { count, .. }) if queue > 0 => {
-                    let last =
-                        busy.map_or(String::new(), |e| format!(" (queue {}: {e})", queue - 1));
-                    return Err(GrantError::Request(xsk_broker_protocol::ErrorReply::new(
-                        ErrorCode::QueueBusy,
-                        format!(
-                            "every queue of {ifname} (0..{count}) is leased{last}; \
-                             wait for one to be released"
-                        ),
-                    )));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the loop returns before queue ids run out: the device has fewer queues")
     }
 
     fn refuse(&self, ifname: &str, code: ErrorCode, message: &str) {
@@ -688,6 +649,44 @@ impl<K: Kernel> DpConnection<'_, K> {
     }
 }
 
+/// Reserve for `peer` the lowest queue of `ifname` (a canonical name) that
+/// no lease holds, as a one-queue map lease: DPDK opens its connections in
+/// queue order, each after binding its socket to that queue (so a bound
+/// queue is not refused here, see [`Broker::open_map_already_bound`]).
+pub fn open_lowest_unleased<K: Kernel>(
+    broker: &Arc<Broker<K>>,
+    ifname: &str,
+    peer: Peer,
+) -> Result<(Lease, xsk_broker_protocol::MapOpened, OwnedFd), GrantError> {
+    let mut busy: Option<GrantError> = None;
+    for queue in 0.. {
+        let req = OpenMapRequest {
+            ifname: ifname.to_owned(),
+            queues: 1,
+            start_queue: queue,
+            mode: XdpMode::Auto,
+            pin: false,
+        };
+        match broker.open_map_already_bound(&req, peer) {
+            Ok(g) => return Ok(g),
+            Err(e @ GrantError::QueueLeased { .. }) => busy = Some(e),
+            // Past the last queue: every queue was leased.
+            Err(GrantError::QueueOutOfRange { count, .. }) if queue > 0 => {
+                let last = busy.map_or(String::new(), |e| format!(" (queue {}: {e})", queue - 1));
+                return Err(GrantError::Request(xsk_broker_protocol::ErrorReply::new(
+                    ErrorCode::QueueBusy,
+                    format!(
+                        "every queue of {ifname} (0..{count}) is leased{last}; wait for one \
+                         to be released"
+                    ),
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns before queue ids run out: the device has fewer queues")
+}
+
 /// A DPDK lease after its connection closed: held until the process exits
 /// (its pidfd becomes readable) or the broker revokes it.
 struct Held {
@@ -741,6 +740,62 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::fake::FakeKernel;
+
+    fn peer(pid: i32) -> Peer {
+        Peer {
+            pid,
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+
+    #[test]
+    fn each_connection_takes_the_lowest_unleased_queue() {
+        let k = FakeKernel::with_interfaces(&[(2, "eth0", 3)]);
+        let b = Arc::new(Broker::new(k.clone(), None, None));
+        // DPDK binds queue 0, then asks: its own bound socket is no refusal.
+        k.world().bound.insert((2, 0));
+        let (q0, opened, _fd) = open_lowest_unleased(&b, "eth0", peer(10)).unwrap();
+        assert_eq!(
+            (q0.queues(), opened.start_queue, opened.queues),
+            (vec![0], 0, 1)
+        );
+        let (q1, _, _fd) = open_lowest_unleased(&b, "eth0", peer(10)).unwrap();
+        assert_eq!(q1.queues(), vec![1]);
+        // Another process gets the next one; when every queue is leased the
+        // refusal says so.
+        let (q2, _, _fd) = open_lowest_unleased(&b, "eth0", peer(11)).unwrap();
+        assert_eq!(q2.queues(), vec![2]);
+        let e = open_lowest_unleased(&b, "eth0", peer(12)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::QueueBusy);
+        assert!(
+            e.to_string()
+                .contains("every queue of eth0 (0..3) is leased"),
+            "{e}"
+        );
+        // A released queue is the next one taken.
+        drop(q1);
+        let (again, _, _fd) = open_lowest_unleased(&b, "eth0", peer(12)).unwrap();
+        assert_eq!(again.queues(), vec![1]);
+        // The same path as every map grant: open_map still refuses a bound
+        // queue; an unknown interface is refused by name.
+        drop((q0, q2, again));
+        let mreq = OpenMapRequest {
+            ifname: "eth0".into(),
+            queues: 1,
+            start_queue: 0,
+            mode: XdpMode::Auto,
+            pin: false,
+        };
+        assert_eq!(
+            b.open_map(&mreq, peer(13)).unwrap_err().code(),
+            ErrorCode::QueueBusy
+        );
+        let e = open_lowest_unleased(&b, "eth9", peer(13)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NoSuchInterface);
+        assert_eq!(b.summary(), (0, 0), "every lease released");
+    }
 
     #[test]
     fn parses_dpdk_handshake() {

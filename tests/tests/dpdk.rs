@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use xsk_testbed::{
     cap_eff, line_reader, parse_udp_frame, proc_status_uid, require_root, roundtrip_payload,
     send_udp, serial_guard, spawn_nobody_with_caps, spawn_unprivileged, wait_until, workspace_bin,
-    BpfFs, BrokerProcess, Capture, TempDir, Testbed, FLOW_SRC_PORT_BASE,
+    xdp_attachments_from_link_json, BpfFs, BrokerProcess, Capture, TempDir, Testbed,
+    FLOW_SRC_PORT_BASE,
 };
 
 const CAP_NET_RAW: u32 = 13;
@@ -594,4 +595,60 @@ fn dpdk_socket_answers_malformed_and_refused_requests() {
     assert!(tb.xdp_prog_id().unwrap().is_none(), "nothing was attached");
     drop(broker);
     drop(lock);
+}
+
+/// The policy decides, by SO_PEERCRED: testpmd (uid nobody) asking for an
+/// interface its rule does not name gets nothing (`/fd_nak`, connection
+/// closed): the refusal is logged as not_permitted and no program is
+/// attached there.
+#[test]
+fn dpdk_testpmd_is_refused_an_interface_the_policy_does_not_grant() {
+    let test = "dpdk_testpmd_is_refused_an_interface_the_policy_does_not_grant";
+    let Some(env) = setup(test, 1, false) else {
+        return;
+    };
+    let other = "xdpdkno0";
+    let other_index = env.tb.add_local_veth(other, 1).expect("a second veth");
+    let vdev = format!(
+        "net_af_xdp0,iface={other},start_queue=0,queue_count=1,use_cni=1,dp_path={IN_ROOT}/dpdk.sock"
+    );
+    let (mut child, log) = spawn_testpmd(&env, &[vdev]);
+    let refusal = wait_until(
+        "the refusal in the broker's log",
+        Duration::from_secs(30),
+        || {
+            env.broker
+                .log()
+                .lines()
+                .find(|l| l.contains("refused a DPDK client"))
+                .map(str::to_owned)
+        },
+    );
+    assert!(
+        refusal.contains("code=not_permitted")
+            && refusal.contains(&format!("ifname={other}"))
+            && refusal.contains("uid=65534"),
+        "{refusal}"
+    );
+    // testpmd never forwards on it (24.11 even crashes on this error path).
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("Failed to receive xskmap fd"),
+        "testpmd must have failed to get the map:\n{text}"
+    );
+    assert!(grants_in_log(&env.broker.log()).is_empty());
+    let link = env
+        .tb
+        .xsk
+        .ip(["-d", "-j", "link", "show", "dev", other])
+        .expect("ip link");
+    let link: serde_json::Value = serde_json::from_str(&link).unwrap();
+    assert_eq!(
+        xdp_attachments_from_link_json(&link[0]),
+        vec![],
+        "no XDP program on {other} (ifindex {other_index})"
+    );
 }
