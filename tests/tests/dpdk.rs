@@ -22,8 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xsk_testbed::{
-    cap_eff, line_reader, parse_udp_frame, proc_status_uid, require_root, roundtrip_payload,
-    send_udp, serial_guard, spawn_nobody_with_caps, spawn_unprivileged, wait_until, workspace_bin,
+    cap_eff, parse_udp_frame, proc_status_uid, require_root, roundtrip_payload, send_udp,
+    serial_guard, spawn_nobody_with_caps, wait_until, workspace_bin,
     xdp_attachments_from_link_json, BpfFs, BrokerProcess, Capture, TempDir, Testbed,
     FLOW_SRC_PORT_BASE,
 };
@@ -126,9 +126,6 @@ fn setup(test: &str, queues: u32, with_bpffs: bool) -> Option<Env> {
     })
 }
 
-/// Where the test directory appears inside the DPDK root.
-const IN_ROOT: &str = "/tmp/broker";
-
 fn cstr(p: impl AsRef<std::ffi::OsStr>) -> CString {
     use std::os::unix::ffi::OsStrExt;
     CString::new(p.as_ref().as_bytes()).unwrap()
@@ -138,8 +135,11 @@ fn cstr(p: impl AsRef<std::ffi::OsStr>) -> CString {
 /// namespace, as nobody with CAP_NET_RAW and CAP_IPC_LOCK only, forwarding
 /// in macswap mode on `vdev`. In a mount namespace of its own: proc, sysfs
 /// (of that network namespace), /dev, a tmpfs on /tmp and the test
-/// directory at [`IN_ROOT`] are mounted in the root, which becomes its `/`.
-fn spawn_testpmd(env: &Env, vdevs: &[String]) -> (Child, PathBuf) {
+/// directory (under /tmp) at its own path are mounted in the root, which
+/// becomes its `/`: the broker's sockets and pins have the same paths
+/// inside and outside. With `launcher`, testpmd is started through it
+/// (`launcher... dpdk-testpmd ARGS`, e.g. `xsk-client exec ... --`).
+fn spawn_testpmd(env: &Env, launcher: &[String], vdevs: &[String]) -> (Child, PathBuf) {
     let netns = std::fs::File::open(env.tb.xsk.path()).expect("opening the netns");
     let root = &env.root;
     let (proc_, sys, dev, tmp) = (
@@ -148,14 +148,26 @@ fn spawn_testpmd(env: &Env, vdevs: &[String]) -> (Child, PathBuf) {
         cstr(root.join("dev")),
         cstr(root.join("tmp")),
     );
-    let broker_dir = cstr(root.join(IN_ROOT.trim_start_matches('/')));
+    assert_eq!(
+        env.dir.path().parent(),
+        Some(Path::new("/tmp")),
+        "the test directory must be directly under /tmp"
+    );
+    let broker_dir = cstr(root.join(env.dir.path().strip_prefix("/").unwrap()));
     let test_dir = cstr(env.dir.path());
     let root_c = cstr(root);
     let log_path = env.dir.join("testpmd.log");
     let log = std::fs::File::create(&log_path).unwrap();
     // Line-buffered, so its log shows when it forwards (stdbuf execs it:
     // same process).
-    let mut cmd = Command::new("/usr/bin/stdbuf");
+    let mut cmd = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg("/usr/bin/stdbuf");
+            c
+        }
+        None => Command::new("/usr/bin/stdbuf"),
+    };
     cmd.args([
         "-oL",
         "/usr/bin/dpdk-testpmd",
@@ -370,13 +382,14 @@ fn dpdk_forwards(test: &str, queues: u32) {
     let vdevs: Vec<String> = (0..queues)
         .map(|q| {
             format!(
-                "net_af_xdp{q},iface={},start_queue={q},queue_count=1,use_cni=1,dp_path={IN_ROOT}/dpdk.sock",
-                env.tb.xsk_if
+                "net_af_xdp{q},iface={},start_queue={q},queue_count=1,use_cni=1,dp_path={}/dpdk.sock",
+                env.tb.xsk_if,
+                env.dir.path().display()
             )
         })
         .collect();
     let started = Instant::now();
-    let (mut child, log) = spawn_testpmd(&env, &vdevs);
+    let (mut child, log) = spawn_testpmd(&env, &[], &vdevs);
     wait_forwarding(&mut child, &log);
     eprintln!(
         "{test}: testpmd forwarding after {:.1} s",
@@ -438,9 +451,10 @@ fn dpdk_testpmd_two_queues_forwards_with_the_brokers_xskmap() {
     );
 }
 
-/// `use_pinned_map=1`: an operator leases the map with `xsk-client exec
-/// --map` (the pin is the lease holder's: uid nobody, 0600) and DPDK opens
-/// the pin.
+/// `use_pinned_map=1`, as the README tells an operator: `xsk-client exec
+/// --map` leases the map pinned (the pin is the caller's: uid nobody, 0600)
+/// and execs testpmd with `dp_path={map-path}`; the lease, and the pin,
+/// last as long as testpmd.
 #[test]
 fn dpdk_testpmd_forwards_with_a_pinned_xskmap() {
     let test = "dpdk_testpmd_forwards_with_a_pinned_xskmap";
@@ -449,37 +463,51 @@ fn dpdk_testpmd_forwards_with_a_pinned_xskmap() {
     };
     let pins = env.dir.join("bpffs").join("xsk-broker");
     assert!(pins.is_dir(), "the broker made its pin directory");
-    let client = workspace_bin("xsk-client").unwrap();
-    let mut holder = Command::new(&client);
-    holder
-        .args(["exec", "--socket"])
-        .arg(env.broker.socket_path())
-        .args(["--map", "--ifname", &env.tb.xsk_if, "--queues", "1", "--"])
-        .args([
-            "/bin/sh",
-            "-c",
-            "echo \"$XSK_BROKER_MAP_PATH\"; exec sleep 600",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut holder = spawn_unprivileged(&mut holder).expect("xsk-client exec --map");
-    let lines = line_reader(holder.stdout.take().unwrap());
-    let pin = PathBuf::from(
-        lines
-            .recv_timeout(Duration::from_secs(15))
-            .expect("the pin path from xsk-client exec --map"),
-    );
-    let rel = pin
-        .strip_prefix(env.dir.path())
-        .unwrap_or_else(|_| panic!("pin {} outside the test directory", pin.display()));
+    // The launcher runs inside the DPDK root too: copy it into the test
+    // directory, which is mounted there at the same path.
+    let client = env.dir.join("xsk-client");
+    std::fs::copy(workspace_bin("xsk-client").unwrap(), &client).unwrap();
+    let launcher: Vec<String> = [
+        client.to_str().unwrap(),
+        "exec",
+        "--socket",
+        env.broker.socket_path().to_str().unwrap(),
+        "--map",
+        "--ifname",
+        &env.tb.xsk_if,
+        "--queues",
+        "1",
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let vdev = format!(
-        "net_af_xdp0,iface={},start_queue=0,queue_count=1,use_pinned_map=1,dp_path={IN_ROOT}/{}",
-        env.tb.xsk_if,
-        rel.display()
+        "net_af_xdp0,iface={},start_queue={{start-queue}},queue_count={{queues}},use_pinned_map=1,dp_path={{map-path}}",
+        env.tb.xsk_if
     );
-    let (mut child, log) = spawn_testpmd(&env, &[vdev]);
+    let (mut child, log) = spawn_testpmd(&env, &launcher, &[vdev]);
     wait_forwarding(&mut child, &log);
     check_privileges(&child);
+    let pin = std::fs::read_dir(&pins)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("a pin while testpmd runs");
+    let meta = std::fs::metadata(&pin).unwrap();
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(
+            (meta.uid(), meta.permissions().mode() & 0o777),
+            (65534, 0o600)
+        );
+    }
+    // The launcher exec'd testpmd in place, with the pin's path.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id()))
+        .unwrap()
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let back = frames_swapped_back(&env.tb);
     let text = stop_testpmd(child, &log);
     eprintln!("{test}: {back} of {FRAMES} frames back swapped");
@@ -488,13 +516,18 @@ fn dpdk_testpmd_forwards_with_a_pinned_xskmap() {
         "frames forwarded back swapped\n{text}"
     );
     assert!(
+        cmdline.contains(&format!("dp_path={}", pin.display())) && cmdline.contains("dpdk-testpmd"),
+        "the launcher execs testpmd with the pin: {cmdline}"
+    );
+    assert!(
         grants_in_log(&env.broker.log()).is_empty(),
         "no DPDK socket grant in the pinned flow"
     );
-    let _ = holder.kill();
-    let _ = holder.wait();
     wait_until("the pin removed", Duration::from_secs(10), || {
         (!pin.exists()).then_some(())
+    });
+    wait_until("the XSK program detached", Duration::from_secs(10), || {
+        env.tb.xdp_prog_id().unwrap().is_none().then_some(())
     });
 }
 
@@ -610,9 +643,10 @@ fn dpdk_testpmd_is_refused_an_interface_the_policy_does_not_grant() {
     let other = "xdpdkno0";
     let other_index = env.tb.add_local_veth(other, 1).expect("a second veth");
     let vdev = format!(
-        "net_af_xdp0,iface={other},start_queue=0,queue_count=1,use_cni=1,dp_path={IN_ROOT}/dpdk.sock"
+        "net_af_xdp0,iface={other},start_queue=0,queue_count=1,use_cni=1,dp_path={}/dpdk.sock",
+        env.dir.path().display()
     );
-    let (mut child, log) = spawn_testpmd(&env, &[vdev]);
+    let (mut child, log) = spawn_testpmd(&env, &[], &[vdev]);
     let refusal = wait_until(
         "the refusal in the broker's log",
         Duration::from_secs(30),
