@@ -522,24 +522,6 @@ impl<K: Kernel> DpConnection<'_, K> {
                 return None;
             }
         };
-        // Wake the holder if the broker ends the lease itself (the
-        // interface vanished): it shuts `wake` down for reading.
-        let wake = match std::os::unix::net::UnixStream::pair() {
-            Ok((a, b)) => match a.try_clone() {
-                Ok(watched) => {
-                    lease.watch_connection(watched);
-                    Some((a, b))
-                }
-                Err(e) => {
-                    warn!("cannot watch a DPDK lease for revocation: {e}");
-                    None
-                }
-            },
-            Err(e) => {
-                warn!("cannot watch a DPDK lease for revocation: {e}");
-                None
-            }
-        };
         info!(
             event = "grant", pid = p.pid, uid = p.uid, gid = p.gid,
             ifname = %opened.ifname, queues = ?lease.queues(),
@@ -548,12 +530,7 @@ impl<K: Kernel> DpConnection<'_, K> {
             "granted the XSKMAP to a DPDK client (until its process exits)"
         );
         self.broker.counters().grant();
-        let held = Held {
-            lease,
-            pidfd,
-            wake,
-            peer: p,
-        };
+        let held = Held::new(lease, pidfd, p);
         // If the reply cannot be sent the process still lives: its lease
         // ends with it, like any other.
         self.send(reply::FD_ACK, Some(map_fd.as_fd()));
@@ -702,7 +679,37 @@ struct Held {
 }
 
 impl Held {
-    fn hold<K: Kernel>(self, broker: &Broker<K>) {
+    /// Hold `lease` for the process behind `pidfd`, and ask the broker to
+    /// wake the holder if it ends the lease itself (the interface
+    /// vanished): it shuts `wake` down for reading.
+    fn new(lease: Lease, pidfd: OwnedFd, peer: Peer) -> Held {
+        let wake = match std::os::unix::net::UnixStream::pair() {
+            Ok((a, b)) => match a.try_clone() {
+                Ok(watched) => {
+                    lease.watch_connection(watched);
+                    Some((a, b))
+                }
+                Err(e) => {
+                    warn!("cannot watch a DPDK lease for revocation: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!("cannot watch a DPDK lease for revocation: {e}");
+                None
+            }
+        };
+        Held {
+            lease,
+            pidfd,
+            wake,
+            peer,
+        }
+    }
+
+    /// Wait until the process exits or the broker revokes the lease, then
+    /// release it; returns why.
+    fn hold<K: Kernel>(self, broker: &Broker<K>) -> String {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let p = self.peer;
         let why = loop {
@@ -734,6 +741,7 @@ impl Held {
         );
         broker.counters().release();
         drop(self.lease);
+        why
     }
 }
 
@@ -795,6 +803,36 @@ mod tests {
         let e = open_lowest_unleased(&b, "eth9", peer(13)).unwrap_err();
         assert_eq!(e.code(), ErrorCode::NoSuchInterface);
         assert_eq!(b.summary(), (0, 0), "every lease released");
+    }
+
+    #[test]
+    fn a_held_lease_ends_when_its_process_exits_or_the_interface_vanishes() {
+        let k = FakeKernel::with_interfaces(&[(2, "eth0", 2), (3, "eth1", 1)]);
+        let b = Arc::new(Broker::new(k.clone(), None, None));
+        // The process exits: released.
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pidfd = crate::peercred::pidfd_open(child.id() as i32).unwrap();
+        let (lease, _, _fd) = open_lowest_unleased(&b, "eth0", peer(child.id() as i32)).unwrap();
+        let why = Held::new(lease, pidfd, peer(1)).hold(&b);
+        assert_eq!(why, "its process exited");
+        child.wait().unwrap();
+        assert_eq!(b.summary(), (0, 0));
+        assert_eq!(b.counters().releases(), 1);
+        // The interface vanishes while this (live) process holds a queue:
+        // the holder wakes and names the revocation.
+        let pidfd = crate::peercred::pidfd_open(std::process::id() as i32).unwrap();
+        let (lease, _, _fd) = open_lowest_unleased(&b, "eth1", peer(2)).unwrap();
+        let held = Held::new(lease, pidfd, peer(2));
+        let b2 = Arc::clone(&b);
+        let holder = std::thread::spawn(move || held.hold(&b2));
+        k.world().interfaces.remove(&3);
+        assert_eq!(b.reap_vanished_interfaces(), 1);
+        let why = holder.join().unwrap();
+        assert!(why.contains("eth1"), "{why}");
+        assert_eq!(b.summary(), (0, 0));
     }
 
     #[test]

@@ -96,6 +96,13 @@ pub fn peer_pidfd(fd: BorrowedFd<'_>, pid: i32) -> std::io::Result<std::os::fd::
             err
         });
     }
+    pidfd_open(pid)
+}
+
+/// `pidfd_open(pid)`: a pidfd for process `pid` (of the broker's pid
+/// namespace), close-on-exec.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
     if pid <= 0 {
         return Err(std::io::Error::other(format!(
             "the peer's pid is {pid} (not visible in the broker's pid namespace)"
