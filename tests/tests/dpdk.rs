@@ -39,6 +39,9 @@ const FLOWS: u16 = 20;
 /// `None` (skip) when it cannot be built, except under CI=true, where that
 /// fails the test.
 fn dpdk_root(test: &str) -> Option<PathBuf> {
+    // The tests of this file run in parallel: one builds, the others wait.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let root = here.join("target").join("dpdk-root");
     if root.join(".ready").exists() {
