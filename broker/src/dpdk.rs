@@ -619,10 +619,10 @@ impl<K: Kernel> DpConnection<'_, K> {
         if len == 0 {
             return Ok(Received::Closed);
         }
-        if truncated {
-            return Ok(Received::Truncated(len));
+        match buf.get(..len) {
+            Some(msg) if !truncated => Ok(Received::Message(msg.to_vec())),
+            _ => Ok(Received::Truncated(len)),
         }
-        Ok(Received::Message(buf[..len].to_vec()))
     }
 }
 
