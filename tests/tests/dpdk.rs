@@ -391,6 +391,7 @@ fn dpdk_forwards(test: &str, queues: u32) {
             )
         })
         .collect();
+    let fds_before = env.broker.open_fds().unwrap();
     let started = Instant::now();
     let (mut child, log) = spawn_testpmd(&env, &[], &vdevs);
     wait_forwarding(&mut child, &log);
@@ -439,6 +440,19 @@ fn dpdk_forwards(test: &str, queues: u32) {
     wait_until("the XSK program detached", Duration::from_secs(10), || {
         env.tb.xdp_prog_id().unwrap().is_none().then_some(())
     });
+    // No fd left behind (map copies, pidfds, connections): every fd open
+    // now was open before testpmd (some of those, e.g. the start-up
+    // readiness probe's connection, may have closed since).
+    let mut fds_after = Vec::new();
+    let back_to_before = (0..100).any(|_| {
+        fds_after = env.broker.open_fds().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        fds_after.iter().all(|fd| fds_before.contains(fd))
+    });
+    assert!(
+        back_to_before,
+        "the broker's fds: before {fds_before:?}, after {fds_after:?}"
+    );
 }
 
 #[test]
