@@ -13,9 +13,9 @@
 //!
 //! **Identity** is the peer's `SO_PEERCRED` (the hostname is logged, never
 //! trusted), checked with the policy's map-flow rule (`Ask::Map`, which
-//! needs `"map_flow": true`); the grant is [`Broker::open_map`], the one
-//! grant path for maps, with the same limits, logs and counters as the
-//! control socket. DPDK checks only the reply's prefix, and treats
+//! needs `"map_flow": true`); the grant takes the one grant path for maps
+//! ([`Broker::open_map`]'s, as [`Broker::open_map_already_bound`], see
+//! below), with the same limits, logs and counters as the control socket. DPDK checks only the reply's prefix, and treats
 //! `/fd_nak` like `/fd_ack`; so a refusal is `/fd_nak` *and* closing the
 //! connection, which DPDK sees as a failed request.
 //!
@@ -26,9 +26,12 @@
 //! is not a refusal here: it is normally the requester's own, see
 //! [`Broker::open_map_already_bound`]). With DPDK's `start_queue` equal to
 //! the lowest unleased queue (0 on an interface nobody else uses),
-//! connection *i* reserves exactly the queue DPDK bound. The policy's `max_queues` applies to
-//! each connection (one queue); `--max-queues-per-uid` and
-//! `--max-leases-per-uid` bound the total.
+//! connection *i* reserves exactly the queue DPDK bound. The policy's
+//! `max_queues` applies to each connection (one queue);
+//! `--max-queues-per-uid` and `--max-leases-per-uid` bound the total.
+//! Connections count against `--max-connections` while they are open (a
+//! connection over a limit is closed at once); a lease outliving its
+//! connection keeps one thread waiting on the process's pidfd.
 //!
 //! **Lifetime.** DPDK closes the connection right after `/fin_ack` and only
 //! then inserts its socket into the map, so a lease that ended with the
