@@ -30,6 +30,16 @@ use crate::probe::QueueUse;
 /// in deferred work, a moment after the holder exits.
 const UNBIND_GRACE: Duration = Duration::from_millis(250);
 
+/// Whether a grant may include a queue the kernel reports an AF_XDP socket
+/// bound to (one no lease holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// Refuse it (`queue_busy`): its previous holder still has it.
+    Refuse,
+    /// Grant it: the requester bound it itself before asking.
+    Allow,
+}
+
 /// A grant ready to be made: the broker's lock, with the interface's program
 /// attached and every check passed for the request.
 struct Prepared<'a, K: Kernel> {
@@ -77,7 +87,7 @@ impl<K: Kernel> Broker<K> {
             ifindex,
             newly_attached,
             _turn,
-        } = self.prepare_grant(req, peer)?;
+        } = self.prepare_grant(req, peer, Bound::Refuse)?;
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
@@ -136,6 +146,29 @@ impl<K: Kernel> Broker<K> {
         mreq: &OpenMapRequest,
         peer: Peer,
     ) -> Result<(Lease, MapOpened, OwnedFd), GrantError> {
+        self.open_map_with(mreq, peer, Bound::Refuse)
+    }
+
+    /// [`Broker::open_map`] for a client that binds its sockets *before* it
+    /// asks for the map (DPDK's af_xdp driver, see [`crate::dpdk`]): a
+    /// queue with an AF_XDP socket bound is granted if no lease holds it.
+    /// Every other check is the same. The map is the interface's either way
+    /// (its holder can overwrite any queue's entry), so the bound check
+    /// protected little in the map flow.
+    pub fn open_map_already_bound(
+        self: &Arc<Self>,
+        mreq: &OpenMapRequest,
+        peer: Peer,
+    ) -> Result<(Lease, MapOpened, OwnedFd), GrantError> {
+        self.open_map_with(mreq, peer, Bound::Allow)
+    }
+
+    fn open_map_with(
+        self: &Arc<Self>,
+        mreq: &OpenMapRequest,
+        peer: Peer,
+        bound: Bound,
+    ) -> Result<(Lease, MapOpened, OwnedFd), GrantError> {
         mreq.validate()?;
         let req = mreq.as_open();
         if mreq.pin && self.bpffs_dir.is_none() {
@@ -147,7 +180,7 @@ impl<K: Kernel> Broker<K> {
             ifindex,
             newly_attached,
             _turn,
-        } = self.prepare_grant(&req, peer)?;
+        } = self.prepare_grant(&req, peer, bound)?;
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
@@ -219,7 +252,12 @@ impl<K: Kernel> Broker<K> {
     /// table, the mode, the kernel's view of the queues; then the program,
     /// attached if the interface has none of the broker's yet. The broker's
     /// lock is not held while the kernel is asked or the program attached.
-    fn prepare_grant(&self, req: &OpenRequest, peer: Peer) -> Result<Prepared<'_, K>, GrantError> {
+    fn prepare_grant(
+        &self,
+        req: &OpenRequest,
+        peer: Peer,
+        bound: Bound,
+    ) -> Result<Prepared<'_, K>, GrantError> {
         let ifindex = self.check_queues(req)?;
         let turn = self.turn(ifindex);
         {
@@ -232,7 +270,9 @@ impl<K: Kernel> Broker<K> {
         }
         // No grant on this interface can happen meanwhile (the turn is
         // ours), and releases only free queues: the checks above hold.
-        self.check_unbound(ifindex, req)?;
+        if bound == Bound::Refuse {
+            self.check_unbound(ifindex, req)?;
+        }
         let mut inner = self.lock();
         // Grants on other interfaces may have used up this uid's quota.
         self.check_lease_limits(&inner, req.queues, peer)?;
