@@ -276,6 +276,11 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
                 "stopping on {sig}: {queues} queue(s) on {ifaces} interface(s) still leased; \
                  their sockets stay with their holders"
             );
+            // Holders whose sessions take events are told (a `stopping`
+            // event); give their connections a moment to send it.
+            if waiter_broker.announce_stopping() > 0 {
+                waiter_broker.wait_stop_notices(std::time::Duration::from_millis(500));
+            }
             for p in &socket_files {
                 let _ = std::fs::remove_file(p);
             }

@@ -217,6 +217,28 @@ impl Connection {
                 break;
             }
         }
+        // The broker is stopping: say so (the session takes events) and
+        // leave the lease in the kernel for a restarted broker.
+        if self.lease.as_ref().is_some_and(|l| l.stopping()) {
+            if let Some(lease) = self.lease.take() {
+                self.send(
+                    &Response::Event(Event {
+                        event: EventKind::Stopping,
+                        message: "the broker is stopping; this lease's queues stay in the kernel \
+                                  and traffic keeps flowing, and a broker restarted with \
+                                  --state-dir keeps the lease until this process exits; the \
+                                  connection is closed"
+                            .to_owned(),
+                        queues: lease.queues(),
+                    }),
+                    &[],
+                );
+                lease.keep_in_kernel();
+            }
+            self.broker.stop_notice_sent();
+            debug!(pid = p.pid, "connection closed: the broker is stopping");
+            return;
+        }
         // The broker itself ended the lease (its interface vanished): say why.
         let revoked = self
             .lease
@@ -322,6 +344,9 @@ impl Connection {
                             mode = %opened.mode, program_id = opened.program_id, "granted"
                         );
                         self.watch(&lease);
+                        if self.uses(features::EVENTS) {
+                            lease.wants_events();
+                        }
                         self.broker.counters().grant();
                         let fds = lease.fds();
                         let sent = self.send(&Response::Opened(opened), &fds);
@@ -361,6 +386,9 @@ impl Connection {
                             pin = opened.pin_path.as_deref().unwrap_or("-"), "granted the XSKMAP"
                         );
                         self.watch(&lease);
+                        if self.uses(features::EVENTS) {
+                            lease.wants_events();
+                        }
                         self.broker.counters().grant();
                         let sent = self.send(&Response::MapOpened(opened), &[map_fd.as_fd()]);
                         drop(map_fd);

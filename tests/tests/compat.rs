@@ -328,3 +328,48 @@ fn the_client_library_and_brokerctl_work_with_a_broker_of_version_1_0() {
         Ok(Response::Hello(_))
     ));
 }
+
+/// A broker that stops tells the holders whose sessions take events, and
+/// leaves their leases in the kernel; a 1.0 session just sees the
+/// connection close, as before.
+#[test]
+fn a_stopping_broker_tells_sessions_with_events() {
+    let Some(mut env) = BrokerBed::start("a_stopping_broker_tells_sessions_with_events", 2) else {
+        return;
+    };
+    let socket = env.broker.socket_path().to_owned();
+    let with_events = RawPeer::connect(&socket);
+    assert!(matches!(
+        with_events.call(&Request::Hello(Hello::current())),
+        Response::Hello(_)
+    ));
+    match with_events.call(&Request::Open(OpenRequest::new(env.tb.xsk_if.clone(), 1))) {
+        Response::Opened(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let old = v1_hello(&socket);
+    let open = format!(
+        r#"{{"op":"open","ifname":"{}","queues":1,"start_queue":1}}"#,
+        env.tb.xsk_if
+    );
+    assert!(matches!(v1_call(&old, &open).0, v1_0::Response::Opened(_)));
+
+    env.broker.terminate().unwrap();
+    match with_events.answer() {
+        Response::Event(e) => {
+            assert_eq!(e.event, EventKind::Stopping, "{e:?}");
+            assert_eq!(e.queues, vec![0]);
+            assert!(e.message.contains("stay in the kernel"), "{}", e.message);
+        }
+        other => panic!("expected a stopping event, got {other:?}"),
+    }
+    assert!(
+        old.0.recv().is_err(),
+        "a 1.0 session gets no event, only the closed connection"
+    );
+    let log = env.broker.log();
+    assert!(
+        !log.lines().any(|l| l.contains("event=\"release\"")),
+        "the leases stay in the kernel, none is released: {log}"
+    );
+}

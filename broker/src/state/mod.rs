@@ -100,6 +100,11 @@ pub struct Revocation {
     reason: std::sync::OnceLock<String>,
     /// A duplicate of the holder's connection, to shut down.
     conn: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// The holder's session takes events (it is told when the broker stops).
+    events: std::sync::atomic::AtomicBool,
+    /// The broker is stopping: the holder's connection thread says so and
+    /// leaves the lease in the kernel.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Revocation {
@@ -162,6 +167,29 @@ impl Lease {
     /// Why the broker ended this lease on its own, if it did.
     pub fn revoked(&self) -> Option<&str> {
         self.revocation.reason.get().map(String::as_str)
+    }
+
+    /// The holder's session takes events: wake it when the broker stops
+    /// ([`Broker::announce_stopping`]).
+    pub fn wants_events(&self) {
+        self.revocation
+            .events
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the broker is stopping and asked this lease's connection to
+    /// say so.
+    pub fn stopping(&self) -> bool {
+        self.revocation
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Let go of the lease without ending it: the broker is stopping, and
+    /// the lease's queues and map entries stay in the kernel (a restarted
+    /// broker with `--state-dir` takes them over).
+    pub fn keep_in_kernel(mut self) {
+        self.owner = None;
     }
 }
 
@@ -244,6 +272,8 @@ pub struct Broker<K: Kernel = RealKernel> {
     granted: Condvar,
     /// Grants, releases and refusals since start.
     counters: Counters,
+    /// Connections still to tell that the broker is stopping.
+    stop_notices: (Mutex<usize>, Condvar),
 }
 
 /// One grant's turn on an interface: grants on one interface are made one at
@@ -313,6 +343,7 @@ impl<K: Kernel> Broker<K> {
             granting: Mutex::new(HashSet::new()),
             granted: Condvar::new(),
             counters: Counters::default(),
+            stop_notices: (Mutex::new(0), Condvar::new()),
         }
     }
 
@@ -346,6 +377,58 @@ impl<K: Kernel> Broker<K> {
         // A panic while holding the lock would be a bug; keep serving with the
         // state as it was left rather than poisoning every later request.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The broker is stopping: wake the connection of every lease whose
+    /// session takes events, to tell its holder (a `stopping` event) and let
+    /// go of the lease without ending it. Returns how many were woken; see
+    /// [`Broker::wait_stop_notices`].
+    pub fn announce_stopping(&self) -> usize {
+        let inner = self.lock();
+        let mut woken = 0;
+        for rec in inner.leases.values() {
+            let r = &rec.revocation;
+            if r.events.load(std::sync::atomic::Ordering::Relaxed) {
+                r.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                let conn = r.conn.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = conn.as_ref() {
+                    let _ = c.shutdown(std::net::Shutdown::Read);
+                    woken += 1;
+                }
+            }
+        }
+        *self
+            .stop_notices
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = woken;
+        woken
+    }
+
+    /// A connection woken by [`Broker::announce_stopping`] has told its
+    /// holder.
+    pub fn stop_notice_sent(&self) {
+        let mut left = self
+            .stop_notices
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *left = left.saturating_sub(1);
+        self.stop_notices.1.notify_all();
+    }
+
+    /// Wait (at most `timeout`) until every woken connection has told its
+    /// holder that the broker is stopping.
+    pub fn wait_stop_notices(&self, timeout: std::time::Duration) {
+        let left = self
+            .stop_notices
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .stop_notices
+            .1
+            .wait_timeout_while(left, timeout, |n| *n > 0);
     }
 
     /// End a lease: clear its map entries, close the broker's copies of its

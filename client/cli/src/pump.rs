@@ -122,8 +122,12 @@ fn wait_any(s: &mut Session, timeout: Duration) -> Result<()> {
     if control_ready {
         if let Some(c) = control {
             match broker_notice(c)? {
-                Some(msg) => bail!("the broker ended the lease: {msg}"),
-                None => {
+                Notice::Ended(msg) => bail!("the broker ended the lease: {msg}"),
+                Notice::Stopping(msg) => {
+                    eprintln!("xsk-client: {msg}; the sockets keep working");
+                    s.control_closed = true;
+                }
+                Notice::Closed => {
                     eprintln!(
                         "xsk-client: the broker closed the lease connection (it stopped or is \
                          restarting); the sockets keep working"
@@ -136,24 +140,37 @@ fn wait_any(s: &mut Session, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Read what the broker sent on a lease's control connection: `Some(message)`
-/// for an error it sent (e.g. the interface disappeared), `None` if it
-/// closed the connection without one.
-fn broker_notice(control: BorrowedFd<'_>) -> Result<Option<String>> {
-    use xsk_broker_protocol::{decode_response, Channel, Response, TransportError};
+/// What the broker said on a lease's control connection.
+enum Notice {
+    /// It ended the lease (an error or a `revoked` event, e.g. the interface
+    /// disappeared), with its message.
+    Ended(String),
+    /// It is stopping (a `stopping` event); the lease stays in the kernel.
+    Stopping(String),
+    /// It closed the connection without a word (it stopped, as a 1.0
+    /// broker does).
+    Closed,
+}
+
+/// Read what the broker sent on a lease's control connection.
+fn broker_notice(control: BorrowedFd<'_>) -> Result<Notice> {
+    use xsk_broker_protocol::{decode_response, Channel, EventKind, Response, TransportError};
     let dup = control
         .try_clone_to_owned()
         .context("duplicating the lease's control connection")?;
     let stream = std::os::unix::net::UnixStream::from(dup);
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     match Channel::new(stream).recv() {
-        Ok(got) => Ok(Some(match decode_response(&got.body) {
-            Ok(Response::Error(e)) => format!("{}: {}", e.code, e.message),
-            Ok(Response::Event(e)) => format!("{}: {}", e.event.as_str(), e.message),
-            Ok(other) => format!("unexpected message {other:?}"),
-            Err(e) => format!("unreadable message: {e}"),
-        })),
-        Err(TransportError::Closed) => Ok(None),
-        Err(e) => Ok(Some(format!("the control connection failed: {e}"))),
+        Ok(got) => Ok(match decode_response(&got.body) {
+            Ok(Response::Event(e)) if e.event == EventKind::Stopping => {
+                Notice::Stopping(format!("{}: {}", e.event.as_str(), e.message))
+            }
+            Ok(Response::Error(e)) => Notice::Ended(format!("{}: {}", e.code, e.message)),
+            Ok(Response::Event(e)) => Notice::Ended(format!("{}: {}", e.event.as_str(), e.message)),
+            Ok(other) => Notice::Ended(format!("unexpected message {other:?}")),
+            Err(e) => Notice::Ended(format!("unreadable message: {e}")),
+        }),
+        Err(TransportError::Closed) => Ok(Notice::Closed),
+        Err(e) => Ok(Notice::Ended(format!("the control connection failed: {e}"))),
     }
 }
