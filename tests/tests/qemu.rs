@@ -115,10 +115,18 @@ struct Env {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
-fn setup(test: &str, queues: u32, map_flow: bool) -> Option<Env> {
+/// The QEMU of `flavor` and the guest, built (or found in the cache) before
+/// the end-to-end lock is taken; `None` when [`require_root`] says to skip.
+fn prepare(test: &str, flavor: &str) -> Option<PathBuf> {
     if !require_root(test) {
         return None;
     }
+    let bin = qemu(flavor);
+    guest();
+    Some(bin)
+}
+
+fn setup(queues: u32, map_flow: bool) -> Env {
     let lock = serial_guard().expect("e2e lock");
     let tb = Testbed::new(queues).expect("building the veth test bed");
     let dir = TempDir::new("xsk-qemu").expect("temp dir");
@@ -147,13 +155,13 @@ fn setup(test: &str, queues: u32, map_flow: bool) -> Option<Env> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let broker =
         BrokerProcess::spawn_with_args(&tb.xsk, dir.path(), &args).expect("starting xsk-brokerd");
-    Some(Env {
+    Env {
         broker,
         tb,
         _bpffs: bpffs,
         dir,
         _lock: lock,
-    })
+    }
 }
 
 /// Which of QEMU's two broker flows a guest uses.
@@ -166,51 +174,64 @@ enum Flow {
     MapPath,
 }
 
-/// The `xsk-client exec` and QEMU command line the tests run (README.md's
-/// QEMU section shows the same): `queues` queue pairs from queue 0,
-/// `qemu_queues` in `-netdev` (differs from `queues` only to test QEMU's
-/// refusal), one vCPU per queue pair so the guest uses them all.
-fn command_line(
-    env: &Env,
+/// What differs between one run of QEMU and another.
+struct Launch<'a> {
     flow: Flow,
-    qemu: &Path,
+    /// The broker's control socket.
+    socket: &'a str,
+    /// The interface (in the broker's and QEMU's namespace).
+    ifname: &'a str,
+    /// The QEMU binary.
+    qemu: &'a str,
+    /// The guest's directory (vmlinuz, initrd.img).
+    guest: &'a str,
+    /// Queue pairs leased (from queue 0); also vCPUs, so the guest uses them all.
     queues: u32,
-    qemu_queues: &str,
+    /// `queues=` in `-netdev`: `{queues}`, or another count to test QEMU's refusal.
+    qemu_queues: &'a str,
+    /// Parallel TCP streams in the guest's iperf3.
     streams: u32,
-) -> Vec<String> {
-    let g = guest();
+}
+
+/// The `xsk-client` arguments (from `exec`) that start QEMU, as the tests run
+/// them and README.md's QEMU section shows them (checked by
+/// `readme_shows_the_qemu_commands_the_tests_run`). `XSK_QEMU_ACCEL=kvm`
+/// swaps `-accel tcg -cpu max,-cx16` for `-accel kvm -cpu host`.
+fn command_line(l: &Launch) -> Vec<String> {
     let mut argv: Vec<String> = vec![
         "exec".into(),
         "--socket".into(),
-        env.broker.socket_path().to_str().unwrap().into(),
+        l.socket.into(),
         "--ifname".into(),
-        env.tb.xsk_if.clone(),
+        l.ifname.into(),
         "--queues".into(),
-        queues.to_string(),
+        l.queues.to_string(),
     ];
-    if flow == Flow::MapPath {
+    if l.flow == Flow::MapPath {
         argv.push("--map".into());
     }
     argv.push("--".into());
+    argv.push(l.qemu.into());
+    // `-cx16`: QEMU's TCG now and then corrupts a cmpxchg16b-using kernel
+    // (see tests/guest_lsm.rs).
     let accel: &[&str] = match std::env::var("XSK_QEMU_ACCEL").as_deref() {
         Ok("kvm") => &["-accel", "kvm", "-cpu", "host"],
         _ => &["-accel", "tcg", "-cpu", "max,-cx16"],
     };
-    argv.push(qemu.to_str().unwrap().into());
     argv.extend(accel.iter().map(|s| s.to_string()));
-    let backend = match flow {
+    let backend = match l.flow {
         Flow::SockFds => "sock-fds={sock-fds}",
         Flow::MapPath => "map-path={map-path},map-start-index={map-start-index}",
     };
-    let mq = if queues > 1 {
-        format!(",mq=on,vectors={}", 2 * queues + 2)
+    let mq = if l.queues > 1 {
+        format!(",mq=on,vectors={}", 2 * l.queues + 2)
     } else {
         String::new()
     };
     argv.extend(
         [
             "-smp",
-            &queues.to_string(),
+            &l.queues.to_string(),
             "-m",
             "256",
             "-nodefaults",
@@ -224,19 +245,20 @@ fn command_line(
             "-L",
             "/usr/share/qemu",
             "-kernel",
-            g.join("vmlinuz").to_str().unwrap(),
+            &format!("{}/vmlinuz", l.guest),
             "-initrd",
-            g.join("initrd.img").to_str().unwrap(),
+            &format!("{}/initrd.img", l.guest),
             "-append",
             &format!(
                 "console=ttyS0 panic=-1 quiet guest.run=/guest/qemu-net.sh \
-                 net.ip={GUEST_IP}/24 net.peer={PEER_IP} net.streams={streams}"
+                 net.ip={GUEST_IP}/24 net.peer={PEER_IP} net.streams={}",
+                l.streams
             ),
             "-netdev",
             &format!(
-                "af-xdp,id=net0,ifname={},queues={qemu_queues},start-queue={{start-queue}},\
+                "af-xdp,id=net0,ifname={},queues={},start-queue={{start-queue}},\
                  inhibit=on,{backend}",
-                env.tb.xsk_if
+                l.ifname, l.qemu_queues
             ),
             "-device",
             &format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC}{mq},romfile="),
@@ -244,6 +266,84 @@ fn command_line(
         .map(str::to_owned),
     );
     argv
+}
+
+/// [`command_line`] for a test bed.
+fn test_command_line(
+    env: &Env,
+    flow: Flow,
+    qemu: &Path,
+    queues: u32,
+    qemu_queues: &str,
+    streams: u32,
+) -> Vec<String> {
+    command_line(&Launch {
+        flow,
+        socket: env.broker.socket_path().to_str().unwrap(),
+        ifname: &env.tb.xsk_if,
+        qemu: qemu.to_str().unwrap(),
+        guest: guest().to_str().unwrap(),
+        queues,
+        qemu_queues,
+        streams,
+    })
+}
+
+/// README.md's QEMU commands are the tests' own: each of the three launches
+/// (sock-fds with 1 and 2 queues, map-path), rendered with the README's names
+/// (socket /run/xsk-broker/broker.sock, interface veth-vm0, QEMU and guest
+/// under target/), appears in README.md with the shell's quoting and line
+/// continuations. Needs no root.
+#[test]
+fn readme_shows_the_qemu_commands_the_tests_run() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let text = readme.replace("\\\n", " ");
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (flow, qemu, queues, streams) in [
+        (
+            Flow::SockFds,
+            "target/qemu/sock-fds/bin/qemu-system-x86_64",
+            1,
+            1,
+        ),
+        (
+            Flow::SockFds,
+            "target/qemu/sock-fds/bin/qemu-system-x86_64",
+            2,
+            4,
+        ),
+        (
+            Flow::MapPath,
+            "target/qemu/map-path/bin/qemu-system-x86_64",
+            1,
+            1,
+        ),
+    ] {
+        let argv = command_line(&Launch {
+            flow,
+            socket: "/run/xsk-broker/broker.sock",
+            ifname: "veth-vm0",
+            qemu,
+            guest: "target/guest/qemu-net",
+            queues,
+            qemu_queues: "{queues}",
+            streams,
+        });
+        let shell: Vec<String> = std::iter::once("xsk-client".to_owned())
+            .chain(argv.iter().map(|a| {
+                if a.contains(' ') {
+                    format!("\"{a}\"")
+                } else {
+                    a.clone()
+                }
+            }))
+            .collect();
+        let want = shell.join(" ");
+        assert!(
+            text.contains(&want),
+            "README.md does not show the command the tests run:\n{want}"
+        );
+    }
 }
 
 /// A QEMU started by `xsk-client exec` as nobody.
@@ -407,17 +507,13 @@ struct GuestRun {
 /// Boot the guest under QEMU through the broker, check that QEMU runs as
 /// nobody with exactly `caps`, that the guest pings the peer and moves TCP both
 /// ways, and that when QEMU exits the lease ends and the program is detached.
-fn run_guest(env: &Env, flow: Flow, queues: u32, streams: u32) -> GuestRun {
-    let bin = qemu(match flow {
-        Flow::SockFds => "sock-fds",
-        Flow::MapPath => "map-path",
-    });
+fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> GuestRun {
     let _server = IperfServer::start(&env.tb);
     let caps: &[u32] = match flow {
         Flow::SockFds => &[CAP_IPC_LOCK],
         Flow::MapPath => &[CAP_NET_RAW, CAP_IPC_LOCK],
     };
-    let argv = command_line(env, flow, &bin, queues, "{queues}", streams);
+    let argv = test_command_line(env, flow, bin, queues, "{queues}", streams);
     let started = Instant::now();
     let mut q = Qemu::spawn(env, &argv, caps);
     let pid = q.child.id();
@@ -505,11 +601,15 @@ fn socket_stat(status: &Value, name: &str) -> Vec<u64> {
 /// `xsk-brokerctl status` moved; the lease ends with QEMU.
 #[test]
 fn qemu_sock_fds_guest_pings_and_runs_tcp_both_ways() {
-    let Some(env) = setup("qemu_sock_fds_guest_pings_and_runs_tcp_both_ways", 1, false) else {
+    let Some(bin) = prepare(
+        "qemu_sock_fds_guest_pings_and_runs_tcp_both_ways",
+        "sock-fds",
+    ) else {
         return;
     };
+    let env = setup(1, false);
     let before = env.tb.xsk_rx_queue_xdp_packets().unwrap();
-    let run = run_guest(&env, Flow::SockFds, 1, 1);
+    let run = run_guest(&env, Flow::SockFds, &bin, 1, 1);
     let after = env.tb.xsk_rx_queue_xdp_packets().unwrap();
     assert!(
         after[0] > before[0] + 1000,
@@ -527,11 +627,15 @@ fn qemu_sock_fds_guest_pings_and_runs_tcp_both_ways() {
 /// sockets transmitted (guest to peer).
 #[test]
 fn qemu_sock_fds_multi_queue_guest_uses_both_queues() {
-    let Some(env) = setup("qemu_sock_fds_multi_queue_guest_uses_both_queues", 2, false) else {
+    let Some(bin) = prepare(
+        "qemu_sock_fds_multi_queue_guest_uses_both_queues",
+        "sock-fds",
+    ) else {
         return;
     };
+    let env = setup(2, false);
     let before = env.tb.xsk_rx_queue_xdp_packets().unwrap();
-    let run = run_guest(&env, Flow::SockFds, 2, 4);
+    let run = run_guest(&env, Flow::SockFds, &bin, 2, 4);
     let after = env.tb.xsk_rx_queue_xdp_packets().unwrap();
     for q in 0..2 {
         assert!(
@@ -552,11 +656,15 @@ fn qemu_sock_fds_multi_queue_guest_uses_both_queues() {
 /// same traffic; the pin goes with the lease.
 #[test]
 fn qemu_map_path_guest_pings_and_runs_tcp_both_ways() {
-    let Some(env) = setup("qemu_map_path_guest_pings_and_runs_tcp_both_ways", 1, true) else {
+    let Some(bin) = prepare(
+        "qemu_map_path_guest_pings_and_runs_tcp_both_ways",
+        "map-path",
+    ) else {
         return;
     };
+    let env = setup(1, true);
     let before = env.tb.xsk_rx_queue_xdp_packets().unwrap();
-    run_guest(&env, Flow::MapPath, 1, 1);
+    run_guest(&env, Flow::MapPath, &bin, 1, 1);
     let after = env.tb.xsk_rx_queue_xdp_packets().unwrap();
     assert!(
         after[0] > before[0] + 1000,
@@ -574,15 +682,14 @@ fn qemu_map_path_guest_pings_and_runs_tcp_both_ways() {
 /// lease is given back.
 #[test]
 fn qemu_refuses_a_sock_fds_count_that_differs_from_queues() {
-    let Some(env) = setup(
+    let Some(bin) = prepare(
         "qemu_refuses_a_sock_fds_count_that_differs_from_queues",
-        2,
-        false,
+        "sock-fds",
     ) else {
         return;
     };
-    let bin = qemu("sock-fds");
-    let argv = command_line(&env, Flow::SockFds, &bin, 1, "2", 1);
+    let env = setup(2, false);
+    let argv = test_command_line(&env, Flow::SockFds, &bin, 1, "2", 1);
     let q = Qemu::spawn(&env, &argv, &[CAP_IPC_LOCK]);
     let (status, stderr, console) = q.wait_exit(Duration::from_secs(60));
     eprintln!("QEMU said: {stderr}");
