@@ -6,8 +6,9 @@
 #   net.streams=N       parallel iperf3 streams (default 1)
 #   net.seconds=S       seconds per iperf3 run (default 3)
 # brings eth0 up with as many queue pairs as the NIC offers, pings the peer,
-# runs iperf3 TCP to the peer and from it (-R), and prints every result on the
-# serial console as lines starting with "NET-". /init then prints
+# runs iperf3 TCP to the peer and from it (-R), counts the interrupts of each
+# receive queue, and prints every result on the serial console as lines
+# starting with "NET-". /init then prints
 # "GUEST-EXIT rc=N" and powers off.
 ip= peer= streams=1 seconds=3
 for w in $(cat /proc/cmdline); do
@@ -31,6 +32,9 @@ if ping -c 3 -W 5 "$peer" > /tmp/ping 2>&1; then
     echo "NET-PING ok $(grep -o '[0-9]*/[0-9]*/[0-9]* packets\|[0-9]* packets transmitted, [0-9]* packets received' /tmp/ping)"
 else
     cat /tmp/ping
+    ip -s link show dev $dev
+    cat /proc/net/arp
+    grep virtio /proc/interrupts
     echo "NET-PING failed"
     exit 4
 fi
@@ -48,4 +52,12 @@ for dir in up down; do
         rc=5
     fi
 done
+# Interrupts of each receive queue, all CPUs together: a queue that never
+# received anything has none.
+irqs=
+for q in $(ls -d /sys/class/net/$dev/queues/rx-* | sed 's/.*rx-//'); do
+    n=$(awk -v q="virtio0-input.$q" '$NF == q { for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break } END { print s + 0 }' /proc/interrupts)
+    irqs="$irqs input.$q=$n"
+done
+echo "NET-RXIRQ$irqs"
 exit $rc

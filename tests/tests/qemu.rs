@@ -545,6 +545,7 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
     // Read while QEMU still holds the lease (the guest is powering off).
     let st = status(env);
     let (up_mbits, down_mbits) = (mbits(&up), mbits(&down));
+    let rxirq = q.wait_line("NET-RXIRQ", GUEST_TIMEOUT);
     let exit = q.wait_line("GUEST-EXIT", GUEST_TIMEOUT);
     let (qemu_status, stderr, console) = q.wait_exit(Duration::from_secs(60));
     eprintln!(
@@ -558,6 +559,15 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
         "QEMU: {qemu_status}; stderr:\n{stderr}"
     );
     assert!(up_mbits > 0.0 && down_mbits > 0.0, "{up} / {down}");
+    // The guest received on every queue pair.
+    for q in 0..queues {
+        let n: u64 = rxirq
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("input.{q}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no input.{q} in {rxirq:?}"));
+        assert!(n > 0, "the guest received nothing on queue {q}: {rxirq}");
+    }
 
     let leases = st["leases"].as_array().unwrap();
     assert_eq!(leases.len(), 1, "{st:#}");
@@ -694,7 +704,10 @@ fn qemu_refuses_a_sock_fds_count_that_differs_from_queues() {
     let (status, stderr, console) = q.wait_exit(Duration::from_secs(60));
     eprintln!("QEMU said: {stderr}");
     assert_eq!(status.code(), Some(1), "{stderr}\n{}", console.join("\n"));
-    assert!(stderr.contains("sock-fds"), "{stderr}");
+    assert!(
+        stderr.contains("sock-fds=") && stderr.contains("expected 2 socket fds, got 1"),
+        "{stderr}"
+    );
     assert!(console.iter().all(|l| !l.starts_with("GUEST-INIT")));
     wait_until(
         "the XDP program to be detached after QEMU refused",
