@@ -14,7 +14,8 @@ use clap::Parser;
 /// the map entries and detaches the program once no lease uses the interface.
 ///
 /// It needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF (or CAP_SYS_ADMIN) and
-/// drops every other capability at start. The control socket is --socket
+/// drops every other capability at start, except CAP_PERFMON when given
+/// (with CAP_BPF it loads the confinement program, see --confinement). The control socket is --socket
 /// PATH, or the listening socket systemd passes by socket activation
 /// (xsk-broker.socket, /run/xsk-broker/broker.sock). Whoever can connect to
 /// it can lease queues and read the status (`xsk-brokerctl status`). Logs go

@@ -431,6 +431,67 @@ mod tests {
         );
     }
 
+    fn lo_grant() -> SocketGrant {
+        SocketGrant {
+            ifindex: nix::net::if_::if_nametoindex("lo").unwrap(),
+            queue: 0,
+            copy: CopyMode::Copy,
+            shared_umem: false,
+        }
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_tied_fails_naming_ifindex_and_errno() {
+        let c = Confinement::interface_only("test".into());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let e = c.confine(file.as_fd(), lo_grant()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("ifindex {}", lo_grant().ifindex)) && msg.contains("os error 88"),
+            "{msg}"
+        );
+    }
+
+    /// On the running kernel: a confined socket reports the granted ifindex
+    /// and a bind to another interface fails with EINVAL.
+    #[test]
+    fn a_confined_socket_cannot_bind_another_interface() {
+        let sock = match crate::xdp::create_xsk_socket() {
+            Ok(s) => s,
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("SKIP: cannot create an AF_XDP socket ({e}); needs CAP_NET_RAW");
+                return;
+            }
+            Err(e) => panic!("cannot create an AF_XDP socket ({e}); CI runs as root"),
+        };
+        let grant = lo_grant();
+        Confinement::interface_only("test".into())
+            .confine(sock.as_fd(), grant)
+            .unwrap();
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are writable and sized for an int option.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_BINDTOIFINDEX,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        assert_eq!(v as u32, grant.ifindex);
+        // xsk_bind checks the bound device first (EINVAL); an unconfined
+        // socket would get ENODEV for this ifindex, which does not exist.
+        let other = grant.ifindex + 1000;
+        let e = bind_xdp(sock.as_fd(), other, 0, libc::XDP_COPY).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        let unconfined = crate::xdp::create_xsk_socket().unwrap();
+        let e = bind_xdp(unconfined.as_fd(), other, 0, libc::XDP_COPY).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "unconfined: {e}");
+    }
+
     #[test]
     fn the_embedded_object_has_the_program_and_map() {
         let open = ObjectBuilder::default().open_memory(OBJECT).unwrap();

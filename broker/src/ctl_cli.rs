@@ -32,7 +32,12 @@ pub struct Args {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Show every lease and each leased socket's XDP_STATISTICS.
+    /// Show the confinement level, every lease and each leased socket's
+    /// XDP_STATISTICS.
+    ///
+    /// The confinement level says what the kernel enforces on the sockets the
+    /// broker hands out: `interface` (a bind to another interface fails) or
+    /// `kernel` (interface, queue and copy mode); see docs/CONFINEMENT.md.
     ///
     /// Columns: the lease id, interface and ifindex, the queues held, the XDP
     /// mode and program id on the interface, the holder's pid/uid/gid (from

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 use xsk_broker_protocol::{AttachMode, ErrorCode, ErrorReply};
 
+use crate::limits::LimitError;
 use crate::persist::StateError;
 use crate::state::Peer;
 use crate::xdp::XdpError;
@@ -17,10 +18,12 @@ use crate::xdp::XdpError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GrantError {
-    /// The request itself is invalid or over a limit checked before the
-    /// lease table (protocol validation, queues per lease).
+    /// The request itself is invalid (the protocol's validation).
     #[error("{}", .0.message)]
     Request(ErrorReply),
+    /// Over a limit (queues per lease).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// No interface of that name (or altname) in the broker's namespace.
     #[error(
         "interface {name:?} not found in the broker's network namespace ({errno}); check the \
@@ -258,7 +261,9 @@ impl GrantError {
             QueueOutOfRange { .. } => ErrorCode::QueueOutOfRange,
             QueueLeased { .. } | QueueBound { .. } | ForeignProgram { .. } => ErrorCode::QueueBusy,
             ModeConflict { .. } | NoZeroCopy { .. } | Attach { .. } => ErrorCode::ModeNotSupported,
-            TooManyLeases { .. } | TooManyQueues { .. } | NoPinDir => ErrorCode::NotPermitted,
+            Limit(_) | TooManyLeases { .. } | TooManyQueues { .. } | NoPinDir => {
+                ErrorCode::NotPermitted
+            }
             Lookup { .. }
             | QueueCount { .. }
             | QueueCheck { .. }

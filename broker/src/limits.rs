@@ -15,6 +15,70 @@ use std::time::Duration;
 
 use xsk_broker_protocol::{ErrorCode, ErrorReply, MAX_QUEUES};
 
+/// A peer over one of the limits (answered `not_permitted`, naming the
+/// limit, its value and what to do).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// More queues in one lease than allowed.
+    #[error(
+        "{asked} queues were asked for; this broker allows at most {max} queues per lease \
+         (--max-queues-per-lease {max}); ask for fewer or use several leases"
+    )]
+    QueuesPerLease {
+        /// Queues asked for.
+        asked: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// One uid's connections.
+    #[error(
+        "uid {uid} already has {open} connections open to the broker, the most one user may \
+         have (--max-connections-per-uid {max}); close some (a connection without a lease is \
+         closed after {idle_s} s idle)"
+    )]
+    ConnectionsPerUid {
+        /// The uid.
+        uid: u32,
+        /// Its connections.
+        open: usize,
+        /// The limit.
+        max: usize,
+        /// The idle timeout, in seconds.
+        idle_s: f64,
+    },
+    /// Only root's reserved connections are left.
+    #[error(
+        "the broker has {open} connections open; the other {reserved} of --max-connections \
+         {max} are reserved for root (--reserved-root-connections); try again shortly"
+    )]
+    ReservedForRoot {
+        /// Connections open.
+        open: usize,
+        /// Reserved for root.
+        reserved: usize,
+        /// `--max-connections`.
+        max: usize,
+    },
+    /// Every connection is taken.
+    #[error(
+        "the broker has {open} connections open, its limit (--max-connections {max}); try \
+         again shortly"
+    )]
+    Connections {
+        /// Connections open.
+        open: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl From<LimitError> for ErrorReply {
+    fn from(e: LimitError) -> Self {
+        ErrorReply::new(ErrorCode::NotPermitted, e.to_string())
+    }
+}
+
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default `--max-connections-per-uid`.
@@ -104,16 +168,12 @@ impl Limits {
     }
 
     /// Refuse a request for more queues than one lease may hold.
-    pub fn check_queues(&self, queues: u32) -> Result<(), ErrorReply> {
+    pub fn check_queues(&self, queues: u32) -> Result<(), LimitError> {
         if queues > self.max_queues_per_lease {
-            return Err(ErrorReply::new(
-                ErrorCode::NotPermitted,
-                format!(
-                    "{queues} queues were asked for; this broker allows at most {} queues per \
-                     lease (--max-queues-per-lease {}); ask for fewer or use several leases",
-                    self.max_queues_per_lease, self.max_queues_per_lease
-                ),
-            ));
+            return Err(LimitError::QueuesPerLease {
+                asked: queues,
+                max: self.max_queues_per_lease,
+            });
         }
         Ok(())
     }
@@ -144,20 +204,16 @@ impl Connections {
         self: &Arc<Self>,
         uid: u32,
         limits: &Limits,
-    ) -> Result<ConnectionSlot, ErrorReply> {
+    ) -> Result<ConnectionSlot, LimitError> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
         if mine >= limits.max_connections_per_uid {
-            return Err(ErrorReply::new(
-                ErrorCode::NotPermitted,
-                format!(
-                    "uid {uid} already has {mine} connections open to the broker, the most one \
-                     user may have (--max-connections-per-uid {}); close some (a connection \
-                     without a lease is closed after {} s idle)",
-                    limits.max_connections_per_uid,
-                    limits.idle_timeout.as_secs_f64()
-                ),
-            ));
+            return Err(LimitError::ConnectionsPerUid {
+                uid,
+                open: mine,
+                max: limits.max_connections_per_uid,
+                idle_s: limits.idle_timeout.as_secs_f64(),
+            });
         }
         let open_to_uid = if uid == 0 {
             limits.max_connections
@@ -166,24 +222,16 @@ impl Connections {
         };
         if c.total >= open_to_uid {
             if uid != 0 {
-                return Err(ErrorReply::new(
-                    ErrorCode::NotPermitted,
-                    format!(
-                        "the broker has {} connections open; the other {} of --max-connections \
-                         {} are reserved for root (--reserved-root-connections); try again \
-                         shortly",
-                        c.total, limits.reserved_root_connections, limits.max_connections
-                    ),
-                ));
+                return Err(LimitError::ReservedForRoot {
+                    open: c.total,
+                    reserved: limits.reserved_root_connections,
+                    max: limits.max_connections,
+                });
             }
-            return Err(ErrorReply::new(
-                ErrorCode::NotPermitted,
-                format!(
-                    "the broker has {} connections open, its limit (--max-connections {}); \
-                     try again shortly",
-                    c.total, limits.max_connections
-                ),
-            ));
+            return Err(LimitError::Connections {
+                open: c.total,
+                max: limits.max_connections,
+            });
         }
         c.total += 1;
         *c.per_uid.entry(uid).or_insert(0) += 1;
@@ -228,7 +276,7 @@ mod tests {
         let conns = Arc::new(Connections::default());
         let a1 = conns.admit(1, &limits).unwrap();
         let _a2 = conns.admit(1, &limits).unwrap();
-        let e = conns.admit(1, &limits).unwrap_err();
+        let e = ErrorReply::from(conns.admit(1, &limits).unwrap_err());
         assert_eq!(e.code, ErrorCode::NotPermitted);
         assert!(
             e.message.contains("--max-connections-per-uid 2"),
@@ -237,7 +285,7 @@ mod tests {
         );
         let _b1 = conns.admit(2, &limits).unwrap();
         let e = conns.admit(3, &limits).unwrap_err();
-        assert!(e.message.contains("--max-connections 3"), "{}", e.message);
+        assert!(e.to_string().contains("--max-connections 3"), "{e}");
         drop(a1);
         assert_eq!(conns.open(), 2);
         let _a3 = conns.admit(1, &limits).unwrap();
@@ -255,16 +303,14 @@ mod tests {
         let _held: Vec<_> = (0..3)
             .map(|_| conns.admit(65534, &limits).unwrap())
             .collect();
-        let e = conns.admit(1000, &limits).unwrap_err();
+        let e = conns.admit(1000, &limits).unwrap_err().to_string();
         assert!(
-            e.message
-                .contains("reserved for root (--reserved-root-connections)"),
-            "{}",
-            e.message
+            e.contains("reserved for root (--reserved-root-connections)"),
+            "{e}"
         );
         let _root = conns.admit(0, &limits).unwrap();
-        let e = conns.admit(0, &limits).unwrap_err();
-        assert!(e.message.contains("--max-connections 4"), "{}", e.message);
+        let e = conns.admit(0, &limits).unwrap_err().to_string();
+        assert!(e.contains("--max-connections 4"), "{e}");
     }
 
     #[test]
@@ -289,11 +335,10 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("--reserved-root-connections 8"));
-        let e = Limits::default().check_queues(MAX_QUEUES + 1).unwrap_err();
-        assert!(
-            e.message.contains("--max-queues-per-lease 64"),
-            "{}",
-            e.message
-        );
+        let e = Limits::default()
+            .check_queues(MAX_QUEUES + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--max-queues-per-lease 64"), "{e}");
     }
 }

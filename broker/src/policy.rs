@@ -145,8 +145,20 @@ pub enum Ask<'a> {
     Status,
 }
 
-fn denied(msg: String) -> ErrorReply {
-    ErrorReply::new(ErrorCode::NotPermitted, msg)
+/// A request the policy does not allow the peer, with the rule (or the
+/// absence of one) that refused it; answered `not_permitted`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(String);
+
+impl From<Denied> for ErrorReply {
+    fn from(d: Denied) -> Self {
+        ErrorReply::new(ErrorCode::NotPermitted, d.0)
+    }
+}
+
+fn denied(msg: String) -> Denied {
+    Denied(msg)
 }
 
 fn mode_name(m: XdpMode) -> &'static str {
@@ -321,7 +333,7 @@ impl Policy {
     }
 
     /// Permit `ask` for `who`, or say which rule refused it and why.
-    pub fn check(&self, who: &Identity, ask: Ask<'_>) -> Result<(), ErrorReply> {
+    pub fn check(&self, who: &Identity, ask: Ask<'_>) -> Result<(), Denied> {
         if who.uid == 0 {
             return Ok(());
         }
@@ -464,9 +476,10 @@ mod tests {
     fn root_only_without_a_file() {
         let p = Policy::root_only();
         assert!(p.check(&who(0, 0, &[]), sockets("eth0", 64)).is_ok());
-        let e = p
-            .check(&who(1000, 1000, &[]), sockets("eth0", 1))
-            .unwrap_err();
+        let e = ErrorReply::from(
+            p.check(&who(1000, 1000, &[]), sockets("eth0", 1))
+                .unwrap_err(),
+        );
         assert_eq!(e.code, ErrorCode::NotPermitted);
         assert!(e.message.contains("only root"), "{}", e.message);
         assert!(p.check(&who(1000, 1000, &[]), Ask::Status).is_err());
@@ -485,7 +498,7 @@ mod tests {
         let t = who(1000, 1000, &[]);
         assert!(p.check(&t, sockets("veth3", 2)).is_ok());
         assert!(p.check(&t, Ask::Status).is_ok());
-        let deny = |w: &Identity, a: Ask<'_>| p.check(w, a).unwrap_err().message;
+        let deny = |w: &Identity, a: Ask<'_>| p.check(w, a).unwrap_err().to_string();
         assert!(deny(&t, sockets("eth0", 1))
             .contains("rule \"tenants\" does not allow interface \"eth0\" (allowed: veth*)"));
         assert!(deny(&t, sockets("veth0", 3))
@@ -560,9 +573,10 @@ mod tests {
     fn an_empty_policy_admits_only_root() {
         let p = policy(r#"{"version":1,"rules":[]}"#).unwrap();
         assert!(p.check(&who(0, 0, &[]), sockets("eth0", 64)).is_ok());
-        let e = p
-            .check(&who(1000, 1000, &[50]), sockets("eth0", 1))
-            .unwrap_err();
+        let e = ErrorReply::from(
+            p.check(&who(1000, 1000, &[50]), sockets("eth0", 1))
+                .unwrap_err(),
+        );
         assert_eq!(e.code, ErrorCode::NotPermitted);
         assert!(
             e.message.starts_with(

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
-    decode_request, Channel, ErrorCode, ErrorReply, HelloReply, OpenMapRequest, OpenRequest,
-    Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, Channel, CopyMode, ErrorCode, ErrorReply, HelloReply, OpenMapRequest,
+    OpenRequest, Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::kernel::Kernel;
@@ -269,6 +269,25 @@ impl Connection {
                 if let Err(e) = self.admit(ask) {
                     return self.refuse(&req.ifname, e);
                 }
+                // `auto` where the policy does not allow zero-copy is a copy
+                // lease: the kernel then holds the socket to XDP_COPY (at the
+                // `kernel` confinement level), and the reply tells the client.
+                let zero_copy = Ask::Sockets {
+                    ifname: &req.ifname,
+                    queues: req.queues,
+                    mode: req.mode,
+                    copy: CopyMode::ZeroCopy,
+                };
+                let req = if req.copy == CopyMode::Auto
+                    && self.policy.check(&self.identity, zero_copy).is_err()
+                {
+                    OpenRequest {
+                        copy: CopyMode::Copy,
+                        ..req
+                    }
+                } else {
+                    req
+                };
                 let p = self.peer;
                 match self.broker.open(&req, p) {
                     Ok((lease, opened)) => {
@@ -330,7 +349,7 @@ impl Connection {
             Request::Status(_) => {
                 debug!(pid = self.peer.pid, uid = self.peer.uid, "status requested");
                 if let Err(e) = self.policy.check(&self.identity, Ask::Status) {
-                    return self.refuse("-", e);
+                    return self.refuse("-", e.into());
                 }
                 let only = (!self.policy.sees_all_leases(&self.identity)).then_some(self.peer.uid);
                 let reply = status_reply(&self.broker, only);
@@ -362,7 +381,9 @@ impl Connection {
                 ),
             ));
         }
-        self.policy.check(&self.identity, ask)
+        self.policy
+            .check(&self.identity, ask)
+            .map_err(ErrorReply::from)
     }
 
     /// The canonical name of the interface a peer named (by its name or an
@@ -462,6 +483,7 @@ fn admit(broker: &Broker, stream: &UnixStream) -> Option<crate::limits::Connecti
     match broker.connections().admit(uid, broker.limits()) {
         Ok(slot) => Some(slot),
         Err(e) => {
+            let e = ErrorReply::from(e);
             debug!(pid, uid, code = %e.code, "connection refused: {}", e.message);
             broker.counters().refusal(e.code);
             // Never block the accept loop on a peer that does not read.

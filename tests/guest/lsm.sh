@@ -65,6 +65,10 @@ attack other-queue open-copy vta 0 copy bind 0 1 2
 # Zero-copy, and "zero-copy if possible" (no mode flag), on a copy-only lease.
 attack zerocopy open-copy vta 0 copy bind 0 0 4
 attack no-mode-flag open-copy vta 0 copy bind 0 0 0
+# "auto" where the policy allows no zero-copy is a copy lease: zero-copy is
+# refused, XDP_COPY works.
+attack auto-zerocopy open vta 0 bind 0 0 4
+attack auto-copy open vta 0 bind 0 0 2
 # XDP_SHARED_UMEM onto the lease's second socket's umem.
 attack shared-umem open2 vta 0 bind-shared 0
 # Another interface, same queue.
@@ -72,9 +76,27 @@ attack other-interface open-copy vta 0 copy bind "$vtc" 0 2
 # An interface the policy does not grant cannot be leased at all.
 attack not-granted open-copy vtc 0 copy
 
-# Restart: the pinned program is reused, not loaded twice.
+# A socket leased before the broker stops stays confined while no broker
+# runs: the program and its lease storage are pinned in --pin-dir.
+mkfifo /run/xsk/go
+su -s /bin/sh nobody -c "/usr/bin/xsk-attack --socket $sock open-copy vta 0 copy wait bind 0 1 2" \
+    < /run/xsk/go > /run/xsk/held.out 2>&1 &
+held=$!
+exec 3> /run/xsk/go
+i=0
+while [ $i -lt 100 ] && ! grep -q '"step":"wait"' /run/xsk/held.out; do
+    sleep 0.1
+    i=$((i + 1))
+done
 stop_broker
+echo "INFO broker stopped"
 echo "INFO pins $(ls /sys/fs/bpf/xsk | tr '\n' ' ')"
+echo go >&3
+wait $held
+exec 3>&-
+sed 's/^/RESULT no-broker /' /run/xsk/held.out
+
+# Restart: the pinned program is reused, not loaded twice.
 : > /run/xsk/broker.log
 start_broker --confinement kernel || echo "INFO broker did not restart"
 sed 's/^/BROKERLOG2 /' /run/xsk/broker.log

@@ -17,6 +17,8 @@
 //! * [`send_udp`], [`udp_roundtrip`], [`Capture`]: traffic from and to the peer side.
 //! * [`build_udp_frame`], [`parse_udp_frame`]: Ethernet/IPv4/UDP frames with real checksums.
 //! * [`BrokerProcess`], [`workspace_bin`]: run `xsk-brokerd` inside the xsk namespace.
+//! * [`Guest`], [`GuestSpec`], [`require_guest`]: a Debian kernel and busybox initramfs
+//!   (`scripts/build-guest`) booted under TCG, for what the host kernel cannot do.
 //!
 //! # Requirements
 //!
@@ -39,6 +41,7 @@ mod capture;
 mod client;
 mod cmd;
 mod ethtool;
+mod guest;
 mod harness;
 mod netns;
 mod packet;
@@ -54,6 +57,7 @@ pub use broker::{
 pub use capture::Capture;
 pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
+pub use guest::{guest_crashed, guest_unavailable, require_guest, Guest, GuestSpec};
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use netns::{cleanup_stale_netns, Netns};
 pub use packet::{

@@ -111,6 +111,42 @@ pub struct Testbed {
 }
 
 impl Testbed {
+    /// Add a second veth pair with `queues` queues, both ends (`name` and
+    /// `{name}p`) in the broker's namespace, up, without IPv6 (so nothing
+    /// leaves through it on its own); returns `name`'s ifindex. `name` has
+    /// at most 14 characters.
+    pub fn add_local_veth(&self, name: &str, queues: u32) -> Result<u32> {
+        if name.len() > 14 {
+            bail!("add_local_veth: {name:?} is longer than 14 characters");
+        }
+        let (q, peer) = (queues.to_string(), format!("{name}p"));
+        self.xsk
+            .ip([
+                "link",
+                "add",
+                name,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+            ])
+            .with_context(|| format!("adding the veth pair {name}/{peer}"))?;
+        for ifname in [name, peer.as_str()] {
+            disable_ipv6(&self.xsk, ifname)?;
+            self.xsk.ip(["link", "set", "dev", ifname, "up"])?;
+        }
+        Ok(link_index_mac(&self.xsk, name)?.0)
+    }
+
     /// Build the test bed with `queues` rx and tx queues on each veth end (1..=64).
     pub fn new(queues: u32) -> Result<Testbed> {
         if !(1..=64).contains(&queues) {

@@ -83,21 +83,11 @@ impl Bed {
     /// Make a second veth pair, both ends in the broker's namespace; returns
     /// the first end's name (`PREFIX` + the test bed's token).
     fn second_interface(&self, prefix: &str) -> String {
-        let token = &self.tb.xsk_if[2..];
-        let (a, b) = (format!("{prefix}{token}"), format!("{prefix}p{token}"));
-        let a = a[..a.len().min(15)].to_owned();
-        let b = b[..b.len().min(15)].to_owned();
+        let name = format!("{prefix}{}", &self.tb.xsk_if[2..]);
         self.tb
-            .xsk
-            .ip(["link", "add", &a, "type", "veth", "peer", "name", &b])
+            .add_local_veth(&name, 2)
             .expect("adding a second veth pair");
-        for i in [&a, &b] {
-            self.tb
-                .xsk
-                .ip(["link", "set", "dev", i, "up"])
-                .expect("link up");
-        }
-        a
+        name
     }
 }
 
@@ -200,7 +190,9 @@ fn a_released_lease_whose_socket_stays_bound_keeps_its_queue_from_others() {
         "whoami", "open", ifname, "0", "bind", "0", "0", "2", "release", "hold",
     ]);
     holder.expect_unprivileged();
-    holder.expect("open", Some(true));
+    let v = holder.expect("open", Some(true));
+    // The policy allows no zero-copy: the "auto" request is a copy lease.
+    assert_eq!(v["copy"], "copy", "{v}");
     holder.expect("bind", Some(true));
     assert_eq!(
         holder.expect("release", Some(true))["queues"],
@@ -431,6 +423,8 @@ fn the_policy_sees_canonical_names_not_altnames() {
     ]);
     let v = b.expect("open", Some(true));
     assert_eq!(v["ifname"], ifname.as_str(), "{v}");
+    // This policy allows zero-copy: "auto" stays "auto".
+    assert_eq!(v["copy"], "auto", "{v}");
     b.expect("bind", Some(true));
     b.finish();
     let log = broker.log();

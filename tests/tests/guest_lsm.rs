@@ -9,32 +9,19 @@
 //! kernel package is downloaded once into target/guest/); without them the
 //! test skips, except under CI=true, where it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xsk_testbed::workspace_bin;
+use xsk_testbed::{
+    guest_crashed, guest_unavailable, require_guest, workspace_bin, Guest, GuestSpec,
+};
 
 /// The whole guest run (boot, broker twice, nine attacks, power off) takes
 /// about 10 s under TCG here; this bounds a hung guest.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Skip (locally) or fail (CI=true) when the guest cannot be had.
-fn unavailable(why: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("guest_lsm: {why}; CI must be able to build and boot the test guest (scripts/install-deps installs qemu-system-x86 and busybox-static)");
-    }
-    eprintln!("SKIP guest_lsm: {why}");
-    true
-}
+const APPEND: &str = "lsm=lockdown,landlock,bpf guest.run=/guest/lsm.sh";
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -44,98 +31,13 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Build (or refresh) the guest under target/guest/lsm.
-fn build_guest(out: &Path) -> Result<(), String> {
-    let ip = which("ip").ok_or("no `ip` (iproute2) on PATH to copy into the guest")?;
-    let mut cmd = Command::new(repo_root().join("scripts/build-guest"));
-    cmd.arg(out)
-        .args(["--module", "veth"])
-        .arg("--bin")
-        .arg(&ip);
+fn spec() -> anyhow::Result<GuestSpec> {
+    let ip = which("ip").ok_or_else(|| anyhow::anyhow!("no `ip` (iproute2) on PATH"))?;
+    let mut spec = GuestSpec::new().module("veth").bin(ip);
     for bin in ["xsk-brokerd", "xsk-brokerctl", "xsk-attack"] {
-        cmd.arg("--bin")
-            .arg(workspace_bin(bin).map_err(|e| format!("{e:#}"))?);
+        spec = spec.bin(workspace_bin(bin)?);
     }
-    cmd.arg("--file").arg(format!(
-        "{}=/guest/lsm.sh",
-        repo_root().join("tests/guest/lsm.sh").display()
-    ));
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running scripts/build-guest: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/build-guest failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
-/// Boot the guest and return its serial console output.
-fn boot(dir: &Path) -> Result<String, String> {
-    let log = dir.join("serial.log");
-    let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    // `-cx16`: QEMU 7.2's TCG now and then corrupts EFLAGS on the slab
-    // allocator's `cmpxchg16b %gs:...` and the guest double-faults (seen with
-    // the qemu64 and max models); without CX16 the kernel does not use it.
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max,-cx16",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(dir.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(dir.join("initrd.img"))
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet lsm=lockdown,landlock,bpf guest.run=/guest/lsm.sh",
-        ])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().map_err(|e| e.to_string())?)
-        .stderr(file)
-        .spawn()
-        .map_err(|e| format!("starting qemu-system-x86_64: {e}"))?;
-    let deadline = Instant::now() + GUEST_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if crashed(&std::fs::read(&log).unwrap_or_default()) => {
-                // A panicked guest may never power off: stop it now.
-                std::thread::sleep(Duration::from_millis(500));
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let out = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!(
-                    "the guest did not power off within {GUEST_TIMEOUT:?}; serial log:\n{out}"
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("waiting for qemu: {e}")),
-        }
-    }
-    let raw = std::fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    Ok(String::from_utf8_lossy(&raw).into_owned())
-}
-
-/// Whether a serial log shows a kernel crash.
-fn crashed(log: &[u8]) -> bool {
-    let log = String::from_utf8_lossy(log);
-    log.contains("Kernel panic") || log.contains("Oops:")
+    Ok(spec.file("tests/guest/lsm.sh", "/guest/lsm.sh"))
 }
 
 /// The JSON of the last `RESULT NAME` line (an attack's final step).
@@ -173,30 +75,37 @@ fn assert_refused(log: &str, name: &str, errno: i32) {
 
 #[test]
 fn bpf_lsm_holds_leased_sockets_to_queue_and_copy_mode() {
-    if which("qemu-system-x86_64").is_none() && unavailable("qemu-system-x86_64 not installed") {
+    let test = "bpf_lsm_holds_leased_sockets_to_queue_and_copy_mode";
+    if !require_guest(test) {
         return;
     }
-    let dir = repo_root().join("target/guest/lsm");
     let started = Instant::now();
-    if let Err(e) = build_guest(&dir) {
-        if unavailable(&e) {
+    let guest = match spec().and_then(|s| Guest::build("lsm", &s)) {
+        Ok(g) => g,
+        Err(e) => {
+            guest_unavailable(test, &format!("{e:#}"));
             return;
         }
-    }
+    };
     let built = started.elapsed();
-    let mut log = boot(&dir).unwrap_or_else(|e| panic!("{e}"));
-    if crashed(log.as_bytes()) {
+    let boot = || {
+        guest
+            .boot(APPEND, &[], GUEST_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let mut log = boot();
+    if guest_crashed(&log) {
         // TCG is not a perfect CPU: one more boot before calling it a failure.
-        eprintln!("guest_lsm: the guest kernel crashed; booting once more. Serial log:\n{log}");
-        log = boot(&dir).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{test}: the guest kernel crashed; booting once more. Serial log:\n{log}");
+        log = boot();
     }
     eprintln!(
-        "guest_lsm: guest built in {:.1}s, booted and ran in {:.1}s",
+        "{test}: guest built in {:.1}s, booted and ran in {:.1}s",
         built.as_secs_f64(),
         (started.elapsed() - built).as_secs_f64()
     );
     assert!(
-        !crashed(log.as_bytes()),
+        !guest_crashed(&log),
         "the guest kernel crashed (twice):\n{log}"
     );
     let init = line_with(&log, "GUEST-INIT ");
@@ -238,6 +147,12 @@ fn bpf_lsm_holds_leased_sockets_to_queue_and_copy_mode() {
     assert_refused(&log, "other-queue", libc::EPERM);
     assert_refused(&log, "zerocopy", libc::EPERM);
     assert_refused(&log, "no-mode-flag", libc::EPERM);
+    assert_refused(&log, "auto-zerocopy", libc::EPERM);
+    let auto_copy = result(&log, "auto-copy");
+    assert_eq!(
+        auto_copy["ok"], true,
+        "an auto lease under a copy-only policy binds with XDP_COPY: {auto_copy}\n{log}"
+    );
     assert_refused(&log, "shared-umem", libc::EPERM);
     // Another interface: the LSM answers (EPERM) before xsk_bind's own
     // SO_BINDTOIFINDEX check would (EINVAL, as on a kernel at level interface).
@@ -254,6 +169,14 @@ fn bpf_lsm_holds_leased_sockets_to_queue_and_copy_mode() {
     );
     let not_granted = result(&log, "not-granted");
     assert_eq!(not_granted["code"], "not_permitted", "{not_granted}");
+
+    // A socket leased before the broker stopped, bound while no broker runs:
+    // the pinned program still refuses another queue.
+    let no_broker = result(&log, "no-broker");
+    assert_eq!(no_broker["step"], "bind", "{no_broker}\n{log}");
+    assert_refused(&log, "no-broker", libc::EPERM);
+    // (The script stops the broker, checked here, before letting it bind.)
+    line_with(&log, "INFO broker stopped");
 
     // Pinned in --pin-dir, reused by the restarted broker (not loaded twice),
     // which still enforces (and starts under --confinement kernel).

@@ -94,14 +94,15 @@ fn directive(unit: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
-/// The service holds exactly CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF, the
+/// The service holds exactly CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and
+/// CAP_PERFMON (for the confinement LSM program), the
 /// sandbox directives the design asks for are there, and systemd's own
 /// exposure score for it is low.
 #[test]
 fn systemd_service_grants_only_what_the_broker_needs() {
     let test = "systemd_service_grants_only_what_the_broker_needs";
     let unit = std::fs::read_to_string(units_dir().join("xsk-broker.service")).unwrap();
-    let caps = "CAP_NET_ADMIN CAP_NET_RAW CAP_BPF";
+    let caps = "CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON";
     assert_eq!(directive(&unit, "CapabilityBoundingSet"), [caps]);
     assert_eq!(directive(&unit, "AmbientCapabilities"), [caps]);
     for (key, want) in [

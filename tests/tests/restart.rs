@@ -152,11 +152,14 @@ impl Env {
         serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
     }
 
+    /// The interfaces' pins (the confinement LSM program's pins, present on
+    /// kernels that run it, stay for the broker's lifetime and are not listed).
     fn pins(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.pin_dir())
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with("xsk-confine-"))
                     .collect()
             })
             .unwrap_or_default();

@@ -35,6 +35,8 @@ const UNBIND_GRACE: Duration = Duration::from_millis(250);
 /// attached and every check passed for the request.
 struct Prepared<'a, K: Kernel> {
     inner: MutexGuard<'a, Inner<K::Program>>,
+    /// The new lease's id.
+    id: LeaseId,
     ifindex: u32,
     /// The program was attached for this request (detach it if the grant
     /// fails after all).
@@ -72,12 +74,11 @@ impl<K: Kernel> Broker<K> {
         req.validate()?;
         let Prepared {
             mut inner,
+            id,
             ifindex,
             newly_attached,
             _turn,
         } = self.prepare_grant(req, peer)?;
-        let id = inner.next_lease;
-        inner.next_lease += 1;
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
@@ -143,12 +144,11 @@ impl<K: Kernel> Broker<K> {
         }
         let Prepared {
             mut inner,
+            id,
             ifindex,
             newly_attached,
             _turn,
         } = self.prepare_grant(&req, peer)?;
-        let id = inner.next_lease;
-        inner.next_lease += 1;
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
@@ -234,12 +234,14 @@ impl<K: Kernel> Broker<K> {
         // No grant on this interface can happen meanwhile (the turn is
         // ours), and releases only free queues: the checks above hold.
         self.check_unbound(ifindex, req)?;
-        let inner = self.lock();
+        let mut inner = self.lock();
         // Grants on other interfaces may have used up this uid's quota.
         self.check_lease_limits(&inner, req.queues, peer)?;
         if inner.interfaces.contains_key(&ifindex) {
+            let id = next_id(&mut inner);
             return Ok(Prepared {
                 inner,
+                id,
                 ifindex,
                 newly_attached: false,
                 _turn: turn,
@@ -267,8 +269,10 @@ impl<K: Kernel> Broker<K> {
             self.detach_if_unused(&mut inner, ifindex);
             return Err(e);
         }
+        let id = next_id(&mut inner);
         Ok(Prepared {
             inner,
+            id,
             ifindex,
             newly_attached: true,
             _turn: turn,
@@ -578,6 +582,13 @@ impl<K: Kernel> Broker<K> {
         super::restore::remove_pin(rec.map_pin.as_deref());
         self.detach_if_unused(inner, rec.ifindex);
     }
+}
+
+/// A new lease id.
+fn next_id<P>(inner: &mut Inner<P>) -> LeaseId {
+    let id = inner.next_lease;
+    inner.next_lease += 1;
+    id
 }
 
 /// Refuse if any asked-for queue is held by another lease.

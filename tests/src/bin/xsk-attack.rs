@@ -14,6 +14,8 @@
 //!                                number: 2 XDP_COPY, 4 XDP_ZEROCOPY, 1 XDP_SHARED_UMEM)
 //!   bind-shared QUEUE            bind the leased socket with XDP_SHARED_UMEM to a second
 //!                                socket's umem (needs two leased queues: open ... 2)
+//!   bind-device IFINDEX          try to re-point the leased socket at another interface
+//!                                (setsockopt SO_BINDTOIFINDEX)
 //!   release                      send release on the connection
 //!   status                       send status and print how many leases it shows
 //!   whoami                       print the process's uid and CapEff (from /proc/self/status)
@@ -223,6 +225,28 @@ impl Attacker {
                     json!({"ifindex": ifindex, "queue": queue, "flags": flags}),
                 )
             }
+            "bind-device" => {
+                let ifindex = num(next("IFINDEX")?)?;
+                let fd = self.first_socket()?;
+                let v = ifindex as libc::c_int;
+                // SAFETY: fd is a socket this process holds; the value is a
+                // c_int on the stack that lives for the call.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_BINDTOIFINDEX,
+                        (&v as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                let r = if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                };
+                result("bind-device", r, json!({"ifindex": ifindex}))
+            }
             "bind-shared" => {
                 let queue = num(next("QUEUE")?)?;
                 if self.sockets.len() < 2 {
@@ -285,6 +309,7 @@ impl Attacker {
                 self.sockets = fds;
                 Ok(json!({
                     "step": "open", "ok": true, "ifname": o.ifname, "ifindex": o.ifindex,
+                    "copy": o.copy,
                     "queues": o.sockets.iter().map(|s| s.queue_id).collect::<Vec<_>>(),
                 }))
             }

@@ -94,32 +94,9 @@ fn status_once(socket: &std::path::Path) -> Result<(f64, usize)> {
     }
 }
 
-/// Add a veth pair with `queues` queues, both ends in the test bed's broker
-/// namespace; returns the first end.
-fn add_interface(tb: &Testbed, name: &str, queues: u32) -> Result<String> {
-    let q = queues.to_string();
-    let peer = format!("{name}p");
-    tb.xsk.ip([
-        "link",
-        "add",
-        name,
-        "numrxqueues",
-        &q,
-        "numtxqueues",
-        &q,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "numrxqueues",
-        &q,
-        "numtxqueues",
-        &q,
-    ])?;
-    for i in [name, peer.as_str()] {
-        tb.xsk.ip(["link", "set", "dev", i, "up"])?;
-    }
+/// A veth pair of `queues` queues in the broker's namespace; its name.
+fn add_local(tb: &Testbed, name: &str, queues: u32) -> Result<String> {
+    tb.add_local_veth(name, queues)?;
     Ok(name.to_owned())
 }
 
@@ -161,11 +138,11 @@ fn main() -> Result<()> {
     let n_held = args.leases.div_ceil(QUEUES_PER_IF);
     let mut held_ifs = Vec::new();
     for i in 0..n_held {
-        held_ifs.push(add_interface(&tb, &format!("h{i}{tok}"), QUEUES_PER_IF)?);
+        held_ifs.push(add_local(&tb, &format!("h{i}{tok}"), QUEUES_PER_IF)?);
     }
     let one = tb.xsk_if.clone();
-    let many = add_interface(&tb, &format!("m{tok}"), 2 * QUEUES_PER_IF)?;
-    let churn = add_interface(&tb, &format!("c{tok}"), 1)?;
+    let many = add_local(&tb, &format!("m{tok}"), 2 * QUEUES_PER_IF)?;
+    let churn = add_local(&tb, &format!("c{tok}"), 1)?;
     let limits = [
         "--max-connections",
         "8192",
