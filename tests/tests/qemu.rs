@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use xsk_testbed::{
     brokerctl, cap_eff, line_reader, nobody_ids, proc_status_uid, require_root, serial_guard,
-    spawn_nobody_with_caps, wait_until, workspace_bin, BpfFs, BrokerProcess, TempDir, Testbed,
-    PEER_IP,
+    spawn_nobody_with_caps, wait_until, workspace_bin, BpfFs, BrokerProcess, Guest, GuestSpec,
+    TempDir, Testbed, PEER_IP,
 };
 
 const CAP_NET_RAW: u32 = 13;
@@ -75,31 +75,22 @@ fn qemu(flavor: &str) -> PathBuf {
 }
 
 /// The guest (kernel and initramfs), built once per test process by
-/// `scripts/build-guest` into target/guest/qemu-net.
+/// `scripts/build-guest` into target/guest/qemu-net: the virtio-net modules,
+/// iperf3 and tests/guest/qemu-net.sh.
 fn guest() -> &'static Path {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
     GUEST.get_or_init(|| {
-        let root = repo_root();
-        let out = root.join("target/guest/qemu-net");
         let iperf3 = ["/usr/bin/iperf3", "/bin/iperf3"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("iperf3 is not installed (scripts/install-deps installs it)");
-        let status = Command::new(root.join("scripts/build-guest"))
-            .arg(&out)
-            .args(["--module", "virtio_pci", "--module", "virtio_net"])
-            .args(["--bin", iperf3])
-            .arg("--file")
-            .arg(format!(
-                "{}=/guest/qemu-net.sh",
-                root.join("tests/guest/qemu-net.sh").display()
-            ))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .status()
-            .expect("running scripts/build-guest");
-        assert!(status.success(), "scripts/build-guest failed: {status}");
-        out
+        let spec = GuestSpec::new()
+            .module("virtio_pci")
+            .module("virtio_net")
+            .bin(iperf3)
+            .file("tests/guest/qemu-net.sh", "/guest/qemu-net.sh");
+        let g = Guest::build("qemu-net", &spec).unwrap_or_else(|e| panic!("{e:#}"));
+        g.dir().to_path_buf()
     })
 }
 
