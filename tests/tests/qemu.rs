@@ -719,6 +719,44 @@ fn qemu_refuses_a_sock_fds_count_that_differs_from_queues() {
     assert_eq!(status_leases(&env), 0);
 }
 
+/// Without CAP_IPC_LOCK, QEMU's 32 MiB umem does not fit the 8 MiB memlock
+/// limit: QEMU says so (ENOBUFS, "No buffer space available") and exits 1,
+/// and the lease is given back. (Where the limit is higher this refusal does
+/// not happen; the test then only checks that the guest started.)
+#[test]
+fn qemu_without_cap_ipc_lock_says_its_umem_does_not_fit() {
+    let Some(bin) = prepare(
+        "qemu_without_cap_ipc_lock_says_its_umem_does_not_fit",
+        "sock-fds",
+    ) else {
+        return;
+    };
+    let env = setup(1, false);
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .unwrap()
+        .0;
+    let argv = test_command_line(&env, Flow::SockFds, &bin, 1, "{queues}", 1);
+    let mut q = Qemu::spawn(&env, &argv, &[]);
+    if limit >= 64 << 20 {
+        q.wait_line("GUEST-INIT", GUEST_TIMEOUT);
+        eprintln!("no ENOBUFS check: RLIMIT_MEMLOCK is {limit} bytes here");
+        return;
+    }
+    let (status, stderr, console) = q.wait_exit(Duration::from_secs(60));
+    eprintln!("QEMU said: {stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}\n{}", console.join("\n"));
+    assert!(
+        stderr.contains("af-xdp") && stderr.contains("No buffer space available"),
+        "{stderr}"
+    );
+    wait_until(
+        "the XDP program to be detached after QEMU failed",
+        Duration::from_secs(10),
+        || env.tb.xdp_prog_id().unwrap().is_none().then_some(()),
+    );
+    assert_eq!(status_leases(&env), 0);
+}
+
 fn status_leases(env: &Env) -> usize {
     status(env)["leases"].as_array().unwrap().len()
 }
