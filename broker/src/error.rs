@@ -259,11 +259,12 @@ impl GrantError {
             Request(e) => e.code,
             NoSuchInterface { .. } | NotCanonical { .. } => ErrorCode::NoSuchInterface,
             QueueOutOfRange { .. } => ErrorCode::QueueOutOfRange,
-            QueueLeased { .. } | QueueBound { .. } | ForeignProgram { .. } => ErrorCode::QueueBusy,
-            ModeConflict { .. } | NoZeroCopy { .. } | Attach { .. } => ErrorCode::ModeNotSupported,
-            Limit(_) | TooManyLeases { .. } | TooManyQueues { .. } | NoPinDir => {
-                ErrorCode::NotPermitted
-            }
+            QueueLeased { .. } | QueueBound { .. } => ErrorCode::QueueBusy,
+            ForeignProgram { .. } => ErrorCode::ForeignProgram,
+            ModeConflict { .. } | NoZeroCopy { .. } => ErrorCode::ModeNotSupported,
+            Attach { .. } => ErrorCode::AttachFailed,
+            Limit(_) | TooManyLeases { .. } | TooManyQueues { .. } => ErrorCode::LimitReached,
+            NoPinDir => ErrorCode::NotPermitted,
             Lookup { .. }
             | QueueCount { .. }
             | QueueCheck { .. }
@@ -317,7 +318,8 @@ mod tests {
             max: 4,
         }
         .into();
-        assert_eq!(r.code, ErrorCode::NotPermitted);
+        assert_eq!(r.code, ErrorCode::LimitReached);
+        assert_eq!(r.code.legacy(), ErrorCode::NotPermitted);
         assert!(
             r.message.contains("--max-queues-per-uid 4"),
             "{}",

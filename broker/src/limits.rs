@@ -75,7 +75,7 @@ pub enum LimitError {
 
 impl From<LimitError> for ErrorReply {
     fn from(e: LimitError) -> Self {
-        ErrorReply::new(ErrorCode::NotPermitted, e.to_string())
+        ErrorReply::new(ErrorCode::LimitReached, e.to_string())
     }
 }
 
@@ -277,7 +277,8 @@ mod tests {
         let a1 = conns.admit(1, &limits).unwrap();
         let _a2 = conns.admit(1, &limits).unwrap();
         let e = ErrorReply::from(conns.admit(1, &limits).unwrap_err());
-        assert_eq!(e.code, ErrorCode::NotPermitted);
+        assert_eq!(e.code, ErrorCode::LimitReached);
+        assert_eq!(e.code.legacy(), ErrorCode::NotPermitted);
         assert!(
             e.message.contains("--max-connections-per-uid 2"),
             "{}",

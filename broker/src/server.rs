@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
-    decode_request, Channel, CopyMode, ErrorCode, ErrorReply, HelloReply, OpenMapRequest,
-    OpenRequest, Request, Response, StatusReply, TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, features, Channel, CopyMode, ErrorCode, ErrorReply, Event, EventKind,
+    HelloReply, OpenMapRequest, OpenRequest, Request, Response, StatusReply, TransportError,
+    MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::kernel::Kernel;
@@ -139,6 +140,9 @@ struct Connection {
     identity: Identity,
     peer: Peer,
     greeted: bool,
+    /// The optional protocol features this session uses (negotiated in
+    /// hello; none for a client of version 1.0).
+    features: Vec<String>,
     lease: Option<Lease>,
     /// The lease this connection once held and ended, if any: a connection
     /// is granted at most once (its credentials were taken at connect, and
@@ -160,6 +164,7 @@ impl Connection {
             identity,
             peer,
             greeted: false,
+            features: Vec::new(),
             lease: None,
             ended: None,
         }
@@ -219,7 +224,19 @@ impl Connection {
             .and_then(|l| l.revoked())
             .map(str::to_owned);
         if let Some(reason) = &revoked {
-            self.reply_error(ErrorReply::new(ErrorCode::NoSuchInterface, reason.clone()));
+            if self.uses(features::EVENTS) {
+                let queues = self.lease.as_ref().map(|l| l.queues()).unwrap_or_default();
+                self.send(
+                    &Response::Event(Event {
+                        event: EventKind::Revoked,
+                        message: reason.clone(),
+                        queues,
+                    }),
+                    &[],
+                );
+            } else {
+                self.reply_error(ErrorReply::new(ErrorCode::NoSuchInterface, reason.clone()));
+            }
         }
         self.end_lease(revoked.as_deref().unwrap_or("connection closed"));
         debug!(pid = p.pid, "connection closed");
@@ -240,10 +257,18 @@ impl Connection {
                     return true;
                 }
                 self.greeted = true;
+                // The session uses the features both sides have; a client
+                // that lists none gets the version 1.0 reply, unchanged.
+                self.features = h
+                    .features
+                    .into_iter()
+                    .filter(|f| features::ALL.contains(&f.as_str()))
+                    .collect();
                 self.send(
                     &Response::Hello(HelloReply {
                         version: PROTOCOL_VERSION,
                         server: format!("xsk-brokerd/{}", env!("CARGO_PKG_VERSION")),
+                        features: self.features.clone(),
                     }),
                     &[],
                 )
@@ -352,7 +377,10 @@ impl Connection {
                     return self.refuse("-", e.into());
                 }
                 let only = (!self.policy.sees_all_leases(&self.identity)).then_some(self.peer.uid);
-                let reply = status_reply(&self.broker, only);
+                let mut reply = status_reply(&self.broker, only);
+                if !self.uses(features::STATUS_CONFINEMENT) {
+                    reply.confinement = None;
+                }
                 self.send(&Response::Status(reply), &[])
             }
         }
@@ -437,8 +465,16 @@ impl Connection {
         }
     }
 
-    fn reply_error(&self, e: ErrorReply) {
+    /// Whether the session uses optional feature `f`.
+    fn uses(&self, f: &str) -> bool {
+        self.features.iter().any(|have| have == f)
+    }
+
+    fn reply_error(&self, mut e: ErrorReply) {
         self.broker.counters().refusal(e.code);
+        if !self.uses(features::ERROR_CODES_2) {
+            e.code = e.code.legacy();
+        }
         self.send(&Response::Error(e), &[]);
     }
 }
@@ -483,9 +519,11 @@ fn admit(broker: &Broker, stream: &UnixStream) -> Option<crate::limits::Connecti
     match broker.connections().admit(uid, broker.limits()) {
         Ok(slot) => Some(slot),
         Err(e) => {
-            let e = ErrorReply::from(e);
+            let mut e = ErrorReply::from(e);
             debug!(pid, uid, code = %e.code, "connection refused: {}", e.message);
             broker.counters().refusal(e.code);
+            // Before hello no feature is known: the version 1.0 code.
+            e.code = e.code.legacy();
             // Never block the accept loop on a peer that does not read.
             if stream.set_nonblocking(true).is_ok() {
                 if let Ok(c) = stream.try_clone() {

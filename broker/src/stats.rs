@@ -39,6 +39,9 @@ pub const CODES: &[ErrorCode] = &[
     ErrorCode::BadRequest,
     ErrorCode::UnsupportedVersion,
     ErrorCode::Internal,
+    ErrorCode::ForeignProgram,
+    ErrorCode::AttachFailed,
+    ErrorCode::LimitReached,
 ];
 
 impl Counters {

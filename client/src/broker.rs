@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xsk_broker_protocol::{
-    decode_response, Channel, Hello, MapOpened, OpenMapRequest, OpenRequest, Opened, Request,
-    Response, PROTOCOL_VERSION,
+    decode_response, features, Channel, ErrorCode, Hello, MapOpened, OpenMapRequest, OpenRequest,
+    Opened, Request, Response, PROTOCOL_VERSION,
 };
 
 use crate::bpf::XskMap;
@@ -34,6 +34,7 @@ pub struct BrokerClient {
     chan: Channel,
     path: PathBuf,
     server: String,
+    features: Vec<String>,
 }
 
 impl BrokerClient {
@@ -55,12 +56,27 @@ impl BrokerClient {
             chan,
             path,
             server: String::new(),
+            features: Vec::new(),
         };
-        match client.call(&Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }))? {
+        // Announce our features; a broker of version 1.0 refuses the field
+        // (bad_request naming it) and keeps the connection: say plain hello
+        // then, and the session uses no feature.
+        let reply = match client.call(&Request::Hello(Hello::current())) {
+            Err(Error::Refused(e))
+                if e.code == ErrorCode::BadRequest && e.message.contains("features") =>
+            {
+                client.call(&Request::Hello(Hello::plain()))?
+            }
+            other => other?,
+        };
+        match reply {
             (Response::Hello(h), _) if h.version == PROTOCOL_VERSION => {
                 client.server = h.server;
+                client.features = h
+                    .features
+                    .into_iter()
+                    .filter(|f| features::ALL.contains(&f.as_str()))
+                    .collect();
                 Ok(client)
             }
             (other, _) => Err(unexpected("hello", &other)),
@@ -70,6 +86,12 @@ impl BrokerClient {
     /// The broker's self-description, e.g. `xsk-brokerd/0.1.0`.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The optional protocol features this session uses (see
+    /// [`xsk_broker_protocol::features`]): those both sides have.
+    pub fn features(&self) -> &[String] {
+        &self.features
     }
 
     fn call(&mut self, req: &Request) -> Result<(Response, Vec<OwnedFd>), Error> {
@@ -211,7 +233,9 @@ impl MapLease {
 fn check_opened(req: &OpenRequest, o: &Opened, nfds: usize) -> Result<(), Error> {
     let want: Vec<u32> = req.queue_ids().collect();
     let got: Vec<u32> = o.sockets.iter().map(|s| s.queue_id).collect();
-    if got != want || nfds != want.len() || o.ifname != req.ifname {
+    // The broker answers with the interface's canonical name, which differs
+    // from the name asked for when that was an alternative name.
+    if got != want || nfds != want.len() {
         return Err(Error::UnexpectedReply(format!(
             "asked for {} queues {want:?}, got {} queues {got:?} with {nfds} fds",
             req.ifname, o.ifname

@@ -61,10 +61,11 @@ pub mod transport;
 
 pub use frame::{FrameError, FrameHeader, HEADER_LEN, MAX_FDS, MAX_MESSAGE_LEN};
 pub use message::{
-    decode_request, decode_response, encode_body, AttachMode, ConfinementLevel, CopyMode,
-    DecodeError, ErrorCode, ErrorReply, Hello, HelloReply, Holder, LeaseStatus, MapOpened,
-    OpenMapRequest, OpenRequest, Opened, Request, Response, SocketInfo, SocketStatus, StatusReply,
-    StatusRequest, XdpMode, XdpStatistics, MAX_IFNAME_LEN, MAX_NESTING, MAX_QUEUES,
+    decode_request, decode_response, encode_body, features, AttachMode, ConfinementLevel, CopyMode,
+    DecodeError, ErrorClass, ErrorCode, ErrorReply, Event, EventKind, Hello, HelloReply, Holder,
+    LeaseStatus, MapOpened, OpenMapRequest, OpenRequest, Opened, Request, Response, SocketInfo,
+    SocketStatus, StatusReply, StatusRequest, XdpMode, XdpStatistics, MAX_IFNAME_LEN, MAX_NESTING,
+    MAX_QUEUES,
 };
 pub use report::error_chain;
 pub use transport::{Channel, Received, TransportError};

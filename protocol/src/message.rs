@@ -63,8 +63,52 @@ pub enum CopyMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
-    /// Protocol version the client speaks.
+    /// Protocol version the client speaks (the major version: a broker
+    /// serves exactly its own).
     pub version: u32,
+    /// Optional features the client understands ([`features`]). Absent (as
+    /// from clients of version 1 without features, and as this client sends
+    /// it to brokers that refuse the field), the session uses none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+impl Hello {
+    /// A hello of this protocol version announcing every feature this
+    /// version of the crate understands.
+    pub fn current() -> Hello {
+        Hello {
+            version: crate::PROTOCOL_VERSION,
+            features: features::ALL.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    /// A hello of this protocol version without features: what a client of
+    /// version 1.0 sends, byte for byte.
+    pub fn plain() -> Hello {
+        Hello {
+            version: crate::PROTOCOL_VERSION,
+            features: Vec::new(),
+        }
+    }
+}
+
+/// The optional features a session may use, negotiated in hello: each side
+/// lists what it understands and the session uses what both list. A feature
+/// only ever *adds* to what version 1.0 sends, so a peer without it sees the
+/// 1.0 protocol unchanged.
+pub mod features {
+    /// `status` replies carry `confinement` (the level the kernel enforces).
+    pub const STATUS_CONFINEMENT: &str = "status-confinement";
+    /// Error codes beyond version 1.0's (`foreign_program`, `attach_failed`,
+    /// `limit_reached`); without it they are sent as the 1.0 code they refine
+    /// ([`super::ErrorCode::legacy`]).
+    pub const ERROR_CODES_2: &str = "error-codes-2";
+    /// The broker sends [`super::Response::Event`] messages (e.g. `revoked`)
+    /// instead of an unsolicited error reply.
+    pub const EVENTS: &str = "events";
+    /// Every feature this version understands.
+    pub const ALL: &[&str] = &[STATUS_CONFINEMENT, ERROR_CODES_2, EVENTS];
 }
 
 /// Ask for AF_XDP sockets on `queues` consecutive queues of `ifname`.
@@ -226,7 +270,6 @@ impl OpenMapRequest {
 
 /// Broker's answer to [`Request::OpenMap`]; carries one fd, the XSKMAP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MapOpened {
     /// Interface name.
     pub ifname: String,
@@ -273,17 +316,19 @@ impl Request {
 
 /// Broker's answer to [`Request::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HelloReply {
     /// Protocol version the broker speaks.
     pub version: u32,
     /// Broker name and version, for logs.
     pub server: String,
+    /// The features this session uses: those the client listed that the
+    /// broker has too. Absent when the client listed none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// One leased socket; its fd is at the same index in the frame's fds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SocketInfo {
     /// Queue id to bind to.
     pub queue_id: u32,
@@ -294,7 +339,6 @@ pub struct SocketInfo {
 
 /// Broker's answer to [`Request::Open`]; carries one fd per socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Opened {
     /// Interface name.
     pub ifname: String,
@@ -314,7 +358,6 @@ pub struct Opened {
 /// XDP_STATISTICS)`, `struct xdp_statistics`). They count since the socket
 /// was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct XdpStatistics {
     /// Frames dropped for reasons other than invalid descriptors (no fill-ring
     /// frame available, frame too long for a umem chunk).
@@ -333,7 +376,6 @@ pub struct XdpStatistics {
 
 /// The process holding a lease, from `SO_PEERCRED` of its control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Holder {
     /// Process id (in the broker's pid namespace; -1 if unknown).
     pub pid: i32,
@@ -345,7 +387,6 @@ pub struct Holder {
 
 /// One leased socket in a [`StatusReply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SocketStatus {
     /// Queue id the socket is in the XSKMAP for.
     pub queue_id: u32,
@@ -359,7 +400,6 @@ pub struct SocketStatus {
 
 /// One lease in a [`StatusReply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LeaseStatus {
     /// The broker's id for the lease (unique while the broker runs).
     pub id: u64,
@@ -383,7 +423,6 @@ pub struct LeaseStatus {
 
 /// Broker's answer to [`Request::Status`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StatusReply {
     /// Broker name and version, e.g. `xsk-brokerd/0.1.0`.
     pub server: String,
@@ -456,9 +495,32 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The broker failed for a reason of its own.
     Internal,
+    /// Someone else's XDP program is attached to the interface (a refinement
+    /// of `queue_busy`, feature `error-codes-2`).
+    ForeignProgram,
+    /// The kernel would not attach the XSK program in any mode asked for (a
+    /// refinement of `mode_not_supported`, feature `error-codes-2`).
+    AttachFailed,
+    /// A limit or quota of the broker (connections, leases or queues per
+    /// user, queues per lease): retry once something is released (a
+    /// refinement of `not_permitted`, feature `error-codes-2`).
+    LimitReached,
     /// A code from a newer broker that this version does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// What a client can do about an error: the class of its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry later, unchanged: something held now may be released.
+    Retryable,
+    /// Change the request (interface, queues, mode).
+    FixRequest,
+    /// The policy (or the administrator's set-up) forbids it: ask them.
+    Denied,
+    /// The broker or the system failed: report it.
+    BrokerFault,
 }
 
 impl ErrorCode {
@@ -473,7 +535,37 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Internal => "internal",
+            ErrorCode::ForeignProgram => "foreign_program",
+            ErrorCode::AttachFailed => "attach_failed",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// What a client can do about it.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ErrorCode::QueueBusy | ErrorCode::LimitReached => ErrorClass::Retryable,
+            ErrorCode::NoSuchInterface
+            | ErrorCode::QueueOutOfRange
+            | ErrorCode::ModeNotSupported
+            | ErrorCode::BadRequest
+            | ErrorCode::UnsupportedVersion => ErrorClass::FixRequest,
+            ErrorCode::NotPermitted | ErrorCode::ForeignProgram => ErrorClass::Denied,
+            ErrorCode::AttachFailed | ErrorCode::Internal | ErrorCode::Unknown => {
+                ErrorClass::BrokerFault
+            }
+        }
+    }
+
+    /// The version 1.0 code this one refines, sent to peers without the
+    /// `error-codes-2` feature.
+    pub fn legacy(self) -> ErrorCode {
+        match self {
+            ErrorCode::ForeignProgram => ErrorCode::QueueBusy,
+            ErrorCode::AttachFailed => ErrorCode::ModeNotSupported,
+            ErrorCode::LimitReached => ErrorCode::NotPermitted,
+            other => other,
         }
     }
 }
@@ -486,7 +578,6 @@ impl std::fmt::Display for ErrorCode {
 
 /// An error answer: a stable code and a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
-#[serde(deny_unknown_fields)]
 #[error("{code}: {message}")]
 pub struct ErrorReply {
     /// Stable machine-readable code.
@@ -524,6 +615,47 @@ pub enum Response {
     MapOpened(MapOpened),
     /// Any failure.
     Error(ErrorReply),
+    /// Something the broker tells unasked (feature `events`).
+    Event(Event),
+}
+
+/// What happened, in an [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The broker ended this connection's lease on its own (its interface
+    /// disappeared); the connection is closed after the event.
+    Revoked,
+    /// The broker is stopping; leases stay in the kernel (see the README's
+    /// "Restarting the broker").
+    Stopping,
+    /// An event from a newer broker that this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// The kind's name as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Revoked => "revoked",
+            EventKind::Stopping => "stopping",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// A message the broker sends unasked, on a session with the `events`
+/// feature. Fields may be added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    pub event: EventKind,
+    /// For humans: what happened and what it means for the client.
+    pub message: String,
+    /// The queues concerned, if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<u32>,
 }
 
 /// Why a body could not be decoded.
@@ -639,6 +771,7 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
             "status",
             "map_opened",
             "error",
+            "event",
         ],
     )
 }
@@ -894,12 +1027,16 @@ mod tests {
             Response::Status(s) => assert_eq!(s.confinement, Some(ConfinementLevel::Unknown)),
             other => panic!("expected a status reply, got {other:?}"),
         }
-        // A statistics object with a field this version does not know is refused.
-        let bad = br#"{"op":"status","server":"s","pid":1,"uptime_ms":0,"leases":[{"id":0,
+        // A statistics object with a field this version does not know is
+        // accepted: replies may grow (protocol/PROTOCOL.md).
+        let newer = br#"{"op":"status","server":"s","pid":1,"uptime_ms":0,"leases":[{"id":0,
             "ifname":"a","ifindex":1,"queues":[0],"holder":{"pid":1,"uid":0,"gid":0},
             "mode":"skb","program_id":1,"age_ms":0,"sockets":[{"queue_id":0,
             "statistics":{"rx_dropped":0,"rx_invalid_descs":0,"tx_invalid_descs":0,
             "rx_ring_full":0,"rx_fill_ring_empty_descs":0,"tx_ring_empty_descs":0,"x":1}}]}]}"#;
+        assert!(matches!(decode_response(newer), Ok(Response::Status(_))));
+        // A missing field is still refused.
+        let bad = br#"{"op":"status","server":"s","pid":1,"leases":[]}"#;
         assert!(matches!(
             decode_response(bad),
             Err(DecodeError::Invalid { .. })

@@ -95,13 +95,12 @@ impl RawPeer {
         RawPeer(xsk_broker_protocol::Channel::new(s))
     }
 
-    /// Connect and complete the version handshake.
+    /// Connect and complete the version handshake as a client of version
+    /// 1.0 would (no features).
     pub fn hello(socket: &std::path::Path) -> RawPeer {
-        use xsk_broker_protocol::{Hello, Request, Response, PROTOCOL_VERSION};
+        use xsk_broker_protocol::{Hello, Request, Response};
         let r = RawPeer::connect(socket);
-        let resp = r.call(&Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }));
+        let resp = r.call(&Request::Hello(Hello::plain()));
         assert!(matches!(resp, Response::Hello(_)), "{resp:?}");
         r
     }

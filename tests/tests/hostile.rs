@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use xsk_broker_protocol::{
-    decode_response, Channel, ErrorCode, FrameHeader, OpenRequest, Request, Response,
+    decode_response, Channel, ErrorCode, EventKind, FrameHeader, OpenRequest, Request, Response,
     StatusRequest, TransportError, MAX_MESSAGE_LEN,
 };
 use xsk_client::BrokerClient;
@@ -534,9 +534,12 @@ fn vanished_interface_ends_its_leases_and_the_broker_keeps_serving() {
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let chan = Channel::new(conn);
     let got = chan.recv().unwrap();
+    // The library's session has the events feature: a revoked event (a 1.0
+    // client gets a no_such_interface error, tests/tests/compat.rs).
     match decode_response(&got.body).unwrap() {
-        Response::Error(e) => {
-            assert_eq!(e.code, ErrorCode::NoSuchInterface, "{}", e.message);
+        Response::Event(e) => {
+            assert_eq!(e.event, EventKind::Revoked, "{}", e.message);
+            assert_eq!(e.queues, vec![1]);
             assert!(
                 e.message.contains(&format!("interface {}", env.tb.xsk_if))
                     && e.message.contains("disappeared")

@@ -15,7 +15,6 @@ use clap::Parser;
 use ctl_cli::{Args, Command};
 use xsk_broker_protocol::{
     decode_response, Channel, Hello, Request, Response, StatusReply, StatusRequest,
-    PROTOCOL_VERSION,
 };
 
 fn connect(path: &Path, timeout: Duration) -> Result<Channel> {
@@ -48,13 +47,15 @@ fn call(chan: &Channel, path: &Path, req: &Request) -> Result<Response> {
 
 fn status(path: &Path, timeout: Duration) -> Result<StatusReply> {
     let chan = connect(path, timeout)?;
-    match call(
-        &chan,
-        path,
-        &Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }),
-    )? {
+    // Announce our features; a broker of version 1.0 refuses the field
+    // (bad_request naming it): say plain hello then.
+    let hello = match call(&chan, path, &Request::Hello(Hello::current())) {
+        Err(e) if e.to_string().contains("bad_request") && e.to_string().contains("features") => {
+            call(&chan, path, &Request::Hello(Hello::plain()))?
+        }
+        other => other?,
+    };
+    match hello {
         Response::Hello(_) => {}
         other => bail!("expected a hello answer, got {other:?}"),
     }

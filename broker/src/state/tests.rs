@@ -130,7 +130,7 @@ fn quotas_count_queues_and_leases_per_uid() {
     }));
     let _a = open(&b, req("eth0", 2, 0), peer(10, 1000)).unwrap();
     let e = open(&b, req("eth1", 2, 0), peer(11, 1000)).unwrap_err();
-    assert_eq!(code(&e), ErrorCode::NotPermitted);
+    assert_eq!(code(&e), ErrorCode::LimitReached);
     assert!(e.to_string().contains("--max-queues-per-uid 3"), "{e}");
     let _b = open(&b, req("eth1", 1, 0), peer(11, 1000)).unwrap();
     let e = open(&b, req("eth1", 1, 1), peer(12, 1000)).unwrap_err();
@@ -152,7 +152,8 @@ fn someone_elses_program_is_never_replaced() {
     k.world().attached.insert(ETH0, (AttachMode::Skb, 7, false));
     let b = broker(&k);
     let e = open(&b, req("eth0", 1, 0), peer(10, 1000)).unwrap_err();
-    assert_eq!(code(&e), ErrorCode::QueueBusy);
+    assert_eq!(code(&e), ErrorCode::ForeignProgram);
+    assert_eq!(code(&e).legacy(), ErrorCode::QueueBusy);
     assert!(
         e.to_string()
             .contains("XDP program id 7 attached in skb mode"),

@@ -149,6 +149,7 @@ fn broker_notice(control: BorrowedFd<'_>) -> Result<Option<String>> {
     match Channel::new(stream).recv() {
         Ok(got) => Ok(Some(match decode_response(&got.body) {
             Ok(Response::Error(e)) => format!("{}: {}", e.code, e.message),
+            Ok(Response::Event(e)) => format!("{}: {}", e.event.as_str(), e.message),
             Ok(other) => format!("unexpected message {other:?}"),
             Err(e) => format!("unreadable message: {e}"),
         })),

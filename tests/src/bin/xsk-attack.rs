@@ -33,7 +33,6 @@ use std::os::unix::net::UnixStream;
 use serde_json::{json, Value};
 use xsk_broker_protocol::{
     decode_response, Channel, CopyMode, Hello, OpenRequest, Request, Response, StatusRequest,
-    PROTOCOL_VERSION,
 };
 
 const SOL_XDP: libc::c_int = 283;
@@ -365,9 +364,7 @@ fn main() {
             let chan = Channel::new(s);
             // A broker over a limit answers and closes before reading: the
             // send may fail, the answer is still there to read.
-            let hello = Request::Hello(Hello {
-                version: PROTOCOL_VERSION,
-            });
+            let hello = Request::Hello(Hello::plain());
             let sent = chan.send(&hello, &[]);
             match chan.recv().ok().and_then(|g| decode_response(&g.body).ok()) {
                 Some(Response::Hello(_)) => {}

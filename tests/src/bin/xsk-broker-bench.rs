@@ -82,6 +82,16 @@ fn open_once(socket: &std::path::Path, ifname: &str, queues: u32, start: u32) ->
     Ok(took)
 }
 
+/// p50 and p99 of one phase's samples.
+fn pcts(
+    lat: &mut std::collections::HashMap<(u8, u8), Vec<f64>>,
+    phase: u8,
+    queues: u8,
+) -> serde_json::Value {
+    let v = lat.entry((phase, queues)).or_default();
+    json!({"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "n": v.len()})
+}
+
 fn status_once(socket: &std::path::Path) -> Result<(f64, usize)> {
     let t = Instant::now();
     let peer = RawPeer::hello(socket);
@@ -142,7 +152,7 @@ fn main() -> Result<()> {
     }
     let one = tb.xsk_if.clone();
     let many = add_local(&tb, &format!("m{tok}"), 2 * QUEUES_PER_IF)?;
-    let churn = add_local(&tb, &format!("c{tok}"), 1)?;
+    let churn = add_local(&tb, &format!("c{tok}"), 2)?;
     let limits = [
         "--max-connections",
         "8192",
@@ -182,12 +192,35 @@ fn main() -> Result<()> {
         fill.as_secs_f64()
     );
 
-    let (mut o1, mut o1c, mut o64, mut o64c, mut st) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut churn_attaches = 0u64;
-    for round in 0..args.rounds {
-        for churning in [round % 2 == 1, round % 2 == 0] {
+    // Three phases per round, in rotating order: quiet; another thread
+    // granting and releasing on a third interface whose program stays
+    // attached (grant churn); the same where each grant attaches and each
+    // release detaches the program (attach churn). Grant churn is the
+    // control: what concurrency alone costs on this machine.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Phase {
+        Quiet,
+        Grants,
+        Attach,
+    }
+    let mut lat: std::collections::HashMap<(u8, u8), Vec<f64>> = Default::default();
+    let mut st = Vec::new();
+    let mut churn_cycles = [0u64; 3];
+    let phases = [Phase::Quiet, Phase::Grants, Phase::Attach];
+    for round in 0..args.rounds as usize {
+        for k in 0..3 {
+            let phase = phases[(round + k) % 3];
+            // Grant churn keeps the churn interface's program attached with
+            // a lease on queue 1 for the phase.
+            let keep = (phase == Phase::Grants)
+                .then(|| {
+                    let mut r = OpenRequest::new(churn.as_str(), 1);
+                    r.start_queue = 1;
+                    BrokerClient::connect(&socket).and_then(|c| c.open(r))
+                })
+                .transpose()?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let churner = churning.then(|| {
+            let churner = (phase != Phase::Quiet).then(|| {
                 let (stop, socket, churn) = (stop.clone(), socket.clone(), churn.clone());
                 std::thread::spawn(move || {
                     let mut n = 0u64;
@@ -202,19 +235,17 @@ fn main() -> Result<()> {
             for _ in 0..args.samples {
                 let a = open_once(&socket, &one, 1, 0)?;
                 let b = open_once(&socket, &many, QUEUES_PER_IF, 0)?;
-                if churning {
-                    o1c.push(a);
-                    o64c.push(b);
-                } else {
-                    o1.push(a);
-                    o64.push(b);
+                lat.entry((phase as u8, 1)).or_default().push(a);
+                lat.entry((phase as u8, 64)).or_default().push(b);
+                if phase == Phase::Quiet {
                     st.push(status_once(&socket)?.0);
                 }
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(c) = churner {
-                churn_attaches += c.join().expect("churn thread");
+                churn_cycles[phase as usize] += c.join().expect("churn thread");
             }
+            drop(keep);
         }
     }
     let (_, seen) = status_once(&socket)?;
@@ -258,11 +289,14 @@ fn main() -> Result<()> {
         "leases_kept_after_restart": kept_after,
         "rounds": args.rounds,
         "samples_per_round": args.samples,
-        "churn_attach_detach_cycles": churn_attaches,
-        "open_1q_us": {"p50": p(&mut o1, 0.5), "p99": p(&mut o1, 0.99)},
-        "open_1q_during_attach_churn_us": {"p50": p(&mut o1c, 0.5), "p99": p(&mut o1c, 0.99)},
-        "open_64q_us": {"p50": p(&mut o64, 0.5), "p99": p(&mut o64, 0.99)},
-        "open_64q_during_attach_churn_us": {"p50": p(&mut o64c, 0.5), "p99": p(&mut o64c, 0.99)},
+        "churn_grant_cycles": churn_cycles[Phase::Grants as usize],
+        "churn_attach_detach_cycles": churn_cycles[Phase::Attach as usize],
+        "open_1q_us": pcts(&mut lat, Phase::Quiet as u8, 1),
+        "open_1q_during_grant_churn_us": pcts(&mut lat, Phase::Grants as u8, 1),
+        "open_1q_during_attach_churn_us": pcts(&mut lat, Phase::Attach as u8, 1),
+        "open_64q_us": pcts(&mut lat, Phase::Quiet as u8, 64),
+        "open_64q_during_grant_churn_us": pcts(&mut lat, Phase::Grants as u8, 64),
+        "open_64q_during_attach_churn_us": pcts(&mut lat, Phase::Attach as u8, 64),
         "status_us": {"p50": p(&mut st, 0.5), "p99": p(&mut st, 0.99)},
         "restart_to_status_with_leases_us": {"median": p(&mut restore_full, 0.5)},
         "restart_to_status_without_leases_us": {"median": p(&mut restore_empty, 0.5)},

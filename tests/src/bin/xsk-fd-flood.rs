@@ -29,9 +29,7 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde_json::json;
-use xsk_broker_protocol::{
-    decode_response, Channel, FrameHeader, Hello, Request, Response, PROTOCOL_VERSION,
-};
+use xsk_broker_protocol::{decode_response, Channel, FrameHeader, Hello, Request, Response};
 
 /// Body length the header declares.
 const BODY_LEN: usize = 1000;
@@ -66,13 +64,8 @@ fn flood(socket: &str, sends: usize, fds: usize, fd: RawFd) -> Result<(Channel, 
         .set_read_timeout(Some(Duration::from_secs(30)))
         .context("setting a read timeout")?;
     let chan = Channel::new(stream);
-    chan.send(
-        &Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-        }),
-        &[],
-    )
-    .context("sending hello")?;
+    chan.send(&Request::Hello(Hello::plain()), &[])
+        .context("sending hello")?;
     let got = chan.recv().context("reading the hello answer")?;
     match decode_response(&got.body).context("decoding the hello answer")? {
         Response::Hello(_) => {}
