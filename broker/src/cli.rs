@@ -101,6 +101,30 @@ pub struct Args {
     #[arg(long, value_name = "DIR", requires = "state_dir")]
     pub pin_dir: Option<PathBuf>,
 
+    /// Serve DPDK's AF_XDP driver on this Unix socket (SOCK_SEQPACKET): a
+    /// DPDK application started with `--vdev
+    /// net_af_xdp0,iface=IF,use_cni=1,dp_path=PATH` asks here for the
+    /// interface's XSKMAP with the AF_XDP device plugin's handshake. The peer
+    /// is identified by SO_PEERCRED and needs a policy rule with
+    /// `"map_flow": true` for the interface; each connection (DPDK opens one
+    /// per queue) reserves the lowest free queue of the interface until the
+    /// DPDK process exits. A stale socket file is replaced.
+    #[arg(long, value_name = "PATH")]
+    pub dpdk_socket: Option<PathBuf>,
+
+    /// Permission bits of the DPDK socket, in octal [default: 0600].
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "dpdk_socket")]
+    pub dpdk_socket_mode: Option<u32>,
+
+    /// Owner of the DPDK socket: a user name or uid.
+    #[arg(long, value_name = "USER", requires = "dpdk_socket")]
+    pub dpdk_socket_owner: Option<String>,
+
+    /// Group of the DPDK socket: a group name or gid (e.g. the group of the
+    /// DPDK applications' users, with --dpdk-socket-mode 0660).
+    #[arg(long, value_name = "GROUP", requires = "dpdk_socket")]
+    pub dpdk_socket_group: Option<String>,
+
     /// Serve Prometheus text metrics (`GET /metrics` over HTTP) on this Unix
     /// socket: leases, grants, releases, refusals by error code and each
     /// leased socket's XDP_STATISTICS. A stale socket file is replaced.

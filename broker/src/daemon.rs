@@ -10,7 +10,7 @@ use crate::confine;
 use crate::control::{bind_socket, control_socket, RemoveOnDrop};
 use crate::kernel::RealKernel;
 use crate::{
-    activation, budget::limits_from, logsafe, metrics, persist, policy, privs, probe, server,
+    activation, budget::limits_from, dpdk, logsafe, metrics, persist, policy, privs, probe, server,
     state, xdp,
 };
 use anyhow::{bail, Context, Result};
@@ -192,6 +192,21 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         info!(metrics_listen = %local, "serving metrics on http://{local}/metrics");
         metrics_endpoints.push(metrics::Endpoint::Tcp(l));
     }
+    let dpdk_listener = match &args.dpdk_socket {
+        Some(path) => {
+            let mode = args.dpdk_socket_mode.unwrap_or(0o600);
+            let l = dpdk::bind_dpdk_socket(
+                path,
+                mode,
+                args.dpdk_socket_owner.as_deref(),
+                args.dpdk_socket_group.as_deref(),
+            )?;
+            created.0.push(path.clone());
+            info!(socket = %path.display(), mode = format!("{mode:o}"), "serving DPDK (use_cni)");
+            Some(l)
+        }
+        None => None,
+    };
     let kept = privs::drop_unneeded(&permitted, args.bpffs_dir.is_some())?;
     let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     kept.sort();
@@ -234,6 +249,19 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         )
         .context("starting the metrics thread")?;
     }
+    let policy = Arc::new(policy);
+    if let Some(l) = dpdk_listener {
+        let broker = Arc::clone(&broker);
+        let policy = Arc::clone(&policy);
+        std::thread::Builder::new()
+            .name("xsk-dpdk-accept".into())
+            .spawn(move || {
+                if let Err(e) = dpdk::serve(l, broker, policy) {
+                    tracing::error!("the DPDK socket stopped: {e}");
+                }
+            })
+            .context("starting the DPDK socket thread")?;
+    }
     let socket_files = std::mem::take(&mut created.0);
     let waiter_broker = Arc::clone(&broker);
     std::thread::Builder::new()
@@ -255,7 +283,7 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         })
         .context("starting the signal thread")?;
 
-    server::serve(control.listener, broker, Arc::new(policy)).context("serving the control socket")
+    server::serve(control.listener, broker, policy).context("serving the control socket")
 }
 
 /// Once a second, end the leases of interfaces that have disappeared.

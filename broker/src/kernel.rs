@@ -51,8 +51,11 @@ pub trait Kernel: Send + Sync + 'static {
     fn name_of(&self, ifindex: u32) -> Option<String>;
     /// The indexes of every interface in the broker's namespace.
     fn interfaces(&self) -> io::Result<HashSet<u32>>;
-    /// The interface's rx queue counts.
+    /// The interface's rx queue counts (in use, and the most the device
+    /// supports), as the driver reports them (ethtool; takes RTNL).
     fn queue_counts(&self, ifname: &str) -> io::Result<QueueCounts>;
+    /// The interface's rx queues in use, read without RTNL (sysfs).
+    fn rx_queues(&self, ifname: &str) -> io::Result<u32>;
     /// Whether an AF_XDP socket is bound to the queue, waiting up to `grace`
     /// for one closed just now to let go; None where the kernel cannot tell.
     fn queue_use(&self, ifindex: u32, queue: u32, grace: Duration) -> Option<io::Result<QueueUse>>;
@@ -162,6 +165,14 @@ impl Kernel for RealKernel {
 
     fn queue_counts(&self, ifname: &str) -> io::Result<QueueCounts> {
         xdp::queue_counts(ifname)
+    }
+
+    fn rx_queues(&self, ifname: &str) -> io::Result<u32> {
+        match xdp::sysfs_rx_queues(ifname) {
+            Some(n) if n > 0 => Ok(n),
+            // No sysfs view of the device: ask the driver.
+            _ => Ok(xdp::queue_counts(ifname)?.current),
+        }
     }
 
     fn queue_use(&self, ifindex: u32, queue: u32, grace: Duration) -> Option<io::Result<QueueUse>> {

@@ -18,6 +18,7 @@ pub mod confine;
 pub mod control;
 pub mod ctl_cli;
 pub mod daemon;
+pub mod dpdk;
 pub mod error;
 pub mod kernel;
 pub mod limits;

@@ -562,7 +562,10 @@ pub fn queue_counts(ifname: &str) -> io::Result<QueueCounts> {
     Ok(QueueCounts { current: n, max: n })
 }
 
-fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
+/// The interface's rx queues in use (`/sys/class/net/IF/queues/rx-*`): the
+/// valid queue ids are below it. Unlike the ethtool query this takes no
+/// RTNL, so it does not wait behind an XDP attach on another interface.
+pub fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
     let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
     let n = dir
         .filter_map(|e| e.ok())

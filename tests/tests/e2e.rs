@@ -552,10 +552,17 @@ fn broker_drops_capabilities_it_does_not_need() {
     let Some(env) = BrokerBed::start("broker_drops_capabilities_it_does_not_need", 1) else {
         return;
     };
-    let eff = cap_eff(env.broker.pid()).unwrap();
     // NET_ADMIN, NET_RAW, BPF, and PERFMON (kept when held, for the
     // confinement LSM program; the test runs as root, which holds it).
     let want = (1u64 << 12) | (1 << 13) | (1 << 38) | (1 << 39);
+    // The socket accepts connections (into its backlog) a moment before the
+    // broker drops the rest and starts serving: wait for the drop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut eff = cap_eff(env.broker.pid()).unwrap();
+    while eff != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        eff = cap_eff(env.broker.pid()).unwrap();
+    }
     assert_eq!(eff, want, "CapEff {eff:016x}");
 }
 

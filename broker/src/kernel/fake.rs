@@ -186,6 +186,10 @@ impl Kernel for FakeKernel {
         })
     }
 
+    fn rx_queues(&self, ifname: &str) -> io::Result<u32> {
+        Ok(self.queue_counts(ifname)?.current)
+    }
+
     fn queue_use(
         &self,
         ifindex: u32,

@@ -5,43 +5,49 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use tracing::{info, warn};
-use xsk_broker_protocol::{
-    AttachMode, CopyMode, MapOpened, OpenMapRequest, OpenRequest, Opened, SocketInfo, XdpMode,
-};
+use xsk_broker_protocol::{AttachMode, CopyMode, OpenRequest, Opened, SocketInfo, XdpMode};
 
 use super::{
-    Broker, Inner, Interface, Lease, LeaseId, LeaseOwner, LeaseRecord, LeasedSocket, MapGrant,
-    Peer, Revocation, Turn,
+    Broker, Inner, Interface, Lease, LeaseId, LeaseOwner, LeaseRecord, LeasedSocket, Peer,
+    Revocation, Turn,
 };
 use crate::confine::SocketGrant;
 use crate::error::GrantError;
 use crate::kernel::{Kernel, Program};
 use crate::persist::LeaseKind;
 use crate::probe::QueueUse;
-use crate::xdp::QueueCounts;
 
 /// How long a grant waits for the kernel to free a queue whose last socket
 /// was just closed: the kernel unbinds a closed AF_XDP socket's buffer pool
 /// in deferred work, a moment after the holder exits.
 const UNBIND_GRACE: Duration = Duration::from_millis(250);
 
+/// Whether a grant may include a queue the kernel reports an AF_XDP socket
+/// bound to (one no lease holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bound {
+    /// Refuse it (`queue_busy`): its previous holder still has it.
+    Refuse,
+    /// Grant it: the requester bound it itself before asking.
+    Allow,
+}
+
 /// A grant ready to be made: the broker's lock, with the interface's program
 /// attached and every check passed for the request.
-struct Prepared<'a, K: Kernel> {
-    inner: MutexGuard<'a, Inner<K::Program>>,
+pub(super) struct Prepared<'a, K: Kernel> {
+    pub(super) inner: MutexGuard<'a, Inner<K::Program>>,
     /// The new lease's id.
-    id: LeaseId,
-    ifindex: u32,
+    pub(super) id: LeaseId,
+    pub(super) ifindex: u32,
     /// The program was attached for this request (detach it if the grant
     /// fails after all).
-    newly_attached: bool,
-    _turn: Turn<'a, K>,
+    pub(super) newly_attached: bool,
+    pub(super) _turn: Turn<'a, K>,
 }
 
 impl<K: Kernel> Broker<K> {
@@ -78,7 +84,7 @@ impl<K: Kernel> Broker<K> {
             ifindex,
             newly_attached,
             _turn,
-        } = self.prepare_grant(req, peer)?;
+        } = self.prepare_grant(req, peer, Bound::Refuse)?;
         let iface = inner
             .interfaces
             .get_mut(&ifindex)
@@ -126,82 +132,6 @@ impl<K: Kernel> Broker<K> {
         Ok((lease, opened))
     }
 
-    /// Grant a map lease (the map-path flow): check and reserve the queues
-    /// exactly as [`Broker::open`] does, attach the program if needed, and
-    /// return a duplicate of the XSKMAP fd, pinned (owned by the peer's uid,
-    /// mode 0600) if asked. The client inserts its own sockets; the broker
-    /// clears those entries when the lease ends. On failure nothing is left
-    /// behind (no pin, reservation or program of this request).
-    pub fn open_map(
-        self: &Arc<Self>,
-        mreq: &OpenMapRequest,
-        peer: Peer,
-    ) -> Result<(Lease, MapOpened, OwnedFd), GrantError> {
-        mreq.validate()?;
-        let req = mreq.as_open();
-        if mreq.pin && self.bpffs_dir.is_none() {
-            return Err(GrantError::NoPinDir);
-        }
-        let Prepared {
-            mut inner,
-            id,
-            ifindex,
-            newly_attached,
-            _turn,
-        } = self.prepare_grant(&req, peer)?;
-        let iface = inner
-            .interfaces
-            .get_mut(&ifindex)
-            .expect("present: prepare_grant attached it or found it");
-        let granted = (|| {
-            let fd = iface
-                .program
-                .map_fd_dup()
-                .map_err(|source| GrantError::MapFd {
-                    ifname: req.ifname.clone(),
-                    source,
-                })?;
-            let pin = match (&self.bpffs_dir, mreq.pin) {
-                (Some(dir), true) => Some(self.pin_map(&fd, dir, &req.ifname, id, peer)?),
-                _ => None,
-            };
-            Ok((fd, pin))
-        })();
-        let (fd, pin) = match granted {
-            Ok(g) => g,
-            Err(e) => {
-                if newly_attached {
-                    self.detach_if_unused(&mut inner, ifindex);
-                }
-                return Err(e);
-            }
-        };
-        let queues: Vec<u32> = req.queue_ids().collect();
-        for q in &queues {
-            iface.queues.insert(*q, (id, peer));
-        }
-        let opened = MapOpened {
-            ifname: req.ifname.clone(),
-            ifindex,
-            mode: iface.program.mode(),
-            program_id: iface.program.attached_id(),
-            start_queue: req.start_queue,
-            queues: req.queues,
-            pin_path: pin.as_ref().map(|p| p.display().to_string()),
-        };
-        let lease = Lease {
-            id,
-            ifname: req.ifname.clone(),
-            ifindex,
-            sockets: Vec::new(),
-            map: Some(MapGrant { queues, pin }),
-            revocation: Arc::new(Revocation::default()),
-            owner: None,
-        };
-        let lease = self.record_grant(&mut inner, lease, peer)?;
-        Ok((lease, opened, fd))
-    }
-
     /// Wait for and take the interface's turn (see [`Turn`]).
     pub(super) fn turn(&self, ifindex: u32) -> Turn<'_, K> {
         let mut busy = self.granting.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,8 +150,13 @@ impl<K: Kernel> Broker<K> {
     /// table, the mode, the kernel's view of the queues; then the program,
     /// attached if the interface has none of the broker's yet. The broker's
     /// lock is not held while the kernel is asked or the program attached.
-    fn prepare_grant(&self, req: &OpenRequest, peer: Peer) -> Result<Prepared<'_, K>, GrantError> {
-        let (ifindex, counts) = self.check_queues(req)?;
+    pub(super) fn prepare_grant(
+        &self,
+        req: &OpenRequest,
+        peer: Peer,
+        bound: Bound,
+    ) -> Result<Prepared<'_, K>, GrantError> {
+        let ifindex = self.check_queues(req)?;
         let turn = self.turn(ifindex);
         {
             let inner = self.lock();
@@ -233,7 +168,9 @@ impl<K: Kernel> Broker<K> {
         }
         // No grant on this interface can happen meanwhile (the turn is
         // ours), and releases only free queues: the checks above hold.
-        self.check_unbound(ifindex, req)?;
+        if bound == Bound::Refuse {
+            self.check_unbound(ifindex, req)?;
+        }
         let mut inner = self.lock();
         // Grants on other interfaces may have used up this uid's quota.
         self.check_lease_limits(&inner, req.queues, peer)?;
@@ -248,6 +185,14 @@ impl<K: Kernel> Broker<K> {
             });
         }
         drop(inner);
+        // The XSKMAP is sized for every queue the device supports.
+        let counts =
+            self.kernel
+                .queue_counts(&req.ifname)
+                .map_err(|source| GrantError::QueueCount {
+                    ifname: req.ifname.clone(),
+                    source,
+                })?;
         let program = self.attach(req, ifindex, counts.max)?;
         info!(
             ifname = %req.ifname, ifindex, mode = %program.mode(),
@@ -336,10 +281,10 @@ impl<K: Kernel> Broker<K> {
         Ok(())
     }
 
-    /// The interface's index and queue counts, with the asked-for queues
-    /// checked against the device. `req.ifname` must be the interface's
+    /// The interface's index, with the asked-for queues checked against the
+    /// device's rx queues in use. `req.ifname` must be the interface's
     /// canonical name (see [`Broker::resolve_interface`]).
-    fn check_queues(&self, req: &OpenRequest) -> Result<(u32, QueueCounts), GrantError> {
+    fn check_queues(&self, req: &OpenRequest) -> Result<u32, GrantError> {
         let (ifindex, canonical) = self.resolve_interface(&req.ifname)?;
         if canonical != req.ifname {
             return Err(GrantError::NotCanonical {
@@ -348,23 +293,23 @@ impl<K: Kernel> Broker<K> {
                 ifindex,
             });
         }
-        let counts =
+        let count =
             self.kernel
-                .queue_counts(&req.ifname)
+                .rx_queues(&req.ifname)
                 .map_err(|source| GrantError::QueueCount {
                     ifname: req.ifname.clone(),
                     source,
                 })?;
         let last = req.start_queue + req.queues - 1;
-        if last >= counts.current {
+        if last >= count {
             return Err(GrantError::QueueOutOfRange {
                 ifname: req.ifname.clone(),
-                count: counts.current,
+                count,
                 first: req.start_queue,
                 last,
             });
         }
-        Ok((ifindex, counts))
+        Ok(ifindex)
     }
 
     /// Attach the XSK program (auto: native, then skb), unless someone
@@ -478,45 +423,6 @@ impl<K: Kernel> Broker<K> {
         }
     }
 
-    /// Pin `fd` as `DIR/IFNAME-lease-ID`, owned by the peer's uid and gid
-    /// with mode 0600. On failure no pin is left.
-    fn pin_map(
-        &self,
-        fd: &OwnedFd,
-        dir: &Path,
-        ifname: &str,
-        id: LeaseId,
-        peer: Peer,
-    ) -> Result<PathBuf, GrantError> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(format!("{ifname}-lease-{id}"));
-        let fail = |what: &str, detail: String| GrantError::PinMap {
-            what: what.to_owned(),
-            path: path.clone(),
-            detail,
-        };
-        // A stale pin of the same name (left by a killed broker) is replaced.
-        let _ = std::fs::remove_file(&path);
-        self.kernel
-            .pin(fd.as_fd(), &path)
-            .map_err(|e| fail("create", e.to_string()))?;
-        let owned = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| fail("chmod 0600", e.to_string()))
-            .and_then(|()| {
-                std::os::unix::fs::chown(&path, Some(peer.uid), Some(peer.gid)).map_err(|e| {
-                    fail(
-                        &format!("chown to uid {} gid {}", peer.uid, peer.gid),
-                        format!("{e} (the broker needs CAP_CHOWN for --bpffs-dir)"),
-                    )
-                })
-            });
-        if let Err(e) = owned {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(path)
-    }
-
     /// Record `lease`, just granted to `peer` under this lock (its queues
     /// already reserved in `inner`), in the lease table, save the state and
     /// make the lease end itself when dropped. A map lease is one with a
@@ -524,7 +430,7 @@ impl<K: Kernel> Broker<K> {
     /// sockets are. If the state cannot be saved the grant is undone
     /// (queues, map entries, map pin, and the program if unused) and refused;
     /// the lease's sockets are dropped with it.
-    fn record_grant(
+    pub(super) fn record_grant(
         self: &Arc<Self>,
         inner: &mut Inner<K::Program>,
         mut lease: Lease,

@@ -4,6 +4,7 @@
 //!
 //! - `grant`: one path for both flows (sockets and map): checks, the
 //!   interface's turn, attach, record.
+//! - `map`: the map flow's grant (`open_map`, the DPDK endpoint's).
 //! - `release`: ending leases, detaching unused programs, interfaces that
 //!   disappear.
 //! - `restore`: the state file, and taking over from an earlier run.
@@ -24,6 +25,7 @@ use crate::persist::{LeaseKind, StateDir};
 use crate::stats::Counters;
 
 mod grant;
+mod map;
 mod release;
 mod restore;
 mod status;
