@@ -675,6 +675,14 @@ fn qemu_sock_fds_guest_pings_and_runs_tcp_both_ways() {
         socket_stat(&run.status, "tx_ring_empty_descs"),
     );
     assert!(now[0] > was[0], "{:#} -> {:#}", run.before, run.status);
+    // The veth's peer is in another namespace: the broker says it cannot
+    // check its offloads, and what to do.
+    let log = env.broker.log();
+    assert!(
+        log.contains("in another network namespace, so its checksum offload cannot be checked")
+            && log.contains("ethtool -K PEER tx off"),
+        "{log}"
+    );
 }
 
 /// Multi-queue: `queues=2` and virtio-net `mq=on` (two vCPUs, so the guest
