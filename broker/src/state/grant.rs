@@ -198,6 +198,7 @@ impl<K: Kernel> Broker<K> {
             ifname = %req.ifname, ifindex, mode = %program.mode(),
             program_id = program.attached_id(), "attached the XSK program"
         );
+        crate::offload::warn_if_veth_peer_offloads(ifindex, &req.ifname);
         let mut inner = self.lock();
         inner.interfaces.insert(
             ifindex,

@@ -41,6 +41,13 @@ fn run() -> Result<()> {
         tb.peer.name(),
         tb.peer_if
     );
+    // Testbed::new turned it off and checked; without this, TCP/UDP from the
+    // veth peer reaches AF_XDP with partial checksums (see README.md).
+    println!(
+        "offload      tx checksum offload off on the peer (`ethtool -K {} tx off`): a veth \
+         leaves TCP/UDP checksums partial, and AF_XDP passes them on as they are",
+        tb.peer_if
+    );
     let dir = TempDir::new("xsk-demo").context("creating a temporary directory")?;
     let broker = BrokerProcess::spawn(&tb.xsk, dir.path()).context("starting xsk-brokerd")?;
     println!(

@@ -1,0 +1,63 @@
+#!/bin/sh
+# The QEMU tests' guest program (tests/tests/qemu.rs), run by the test guest's
+# /init (scripts/build-guest). It reads from the kernel command line:
+#   net.ip=ADDR/LEN     the guest's address on its virtio-net NIC (eth0)
+#   net.peer=ADDR       the host-side peer to talk to
+#   net.streams=N       parallel iperf3 streams (default 1)
+#   net.seconds=S       seconds per iperf3 run (default 3)
+# brings eth0 up with as many queue pairs as the NIC offers, pings the peer,
+# runs iperf3 TCP to the peer and from it (-R), counts the interrupts of each
+# receive queue, and prints every result on the serial console as lines
+# starting with "NET-". /init then prints
+# "GUEST-EXIT rc=N" and powers off.
+ip= peer= streams=1 seconds=3
+for w in $(cat /proc/cmdline); do
+    case $w in
+        net.ip=*) ip=${w#net.ip=} ;;
+        net.peer=*) peer=${w#net.peer=} ;;
+        net.streams=*) streams=${w#net.streams=} ;;
+        net.seconds=*) seconds=${w#net.seconds=} ;;
+    esac
+done
+[ -n "$ip" ] && [ -n "$peer" ] || { echo "NET-ERROR net.ip= and net.peer= are needed on the kernel command line"; exit 2; }
+dev=eth0
+[ -e /sys/class/net/$dev ] || { echo "NET-ERROR no $dev: $(ls /sys/class/net)"; exit 3; }
+echo "NET-NIC $dev mac=$(cat /sys/class/net/$dev/address) rx_queues=$(ls -d /sys/class/net/$dev/queues/rx-* | wc -l) tx_queues=$(ls -d /sys/class/net/$dev/queues/tx-* | wc -l) cpus=$(grep -c ^processor /proc/cpuinfo)"
+ip addr add "$ip" dev $dev
+ip link set $dev up
+# No offloads the AF_XDP path cannot carry (AF_XDP has no checksum or
+# segmentation offload; virtio-net offers none with the af-xdp backend).
+rc=0
+if ping -c 3 -W 5 "$peer" > /tmp/ping 2>&1; then
+    echo "NET-PING ok $(grep -o '[0-9]*/[0-9]*/[0-9]* packets\|[0-9]* packets transmitted, [0-9]* packets received' /tmp/ping)"
+else
+    cat /tmp/ping
+    ip -s link show dev $dev
+    cat /proc/net/arp
+    grep virtio /proc/interrupts
+    echo "NET-PING failed"
+    exit 4
+fi
+for dir in up down; do
+    flag=
+    [ $dir = down ] && flag=-R
+    if /usr/bin/iperf3 -c "$peer" $flag -P "$streams" -t "$seconds" -f m --connect-timeout 5000 > /tmp/iperf 2>&1; then
+        # The receiver's total: the [SUM] line with more than one stream.
+        line=$(grep receiver /tmp/iperf | tail -n 1)
+        mbits=$(echo "$line" | awk '{for (i = 1; i < NF; i++) if ($(i+1) == "Mbits/sec") print $i}')
+        echo "NET-IPERF $dir streams=$streams mbits=$mbits"
+    else
+        cat /tmp/iperf
+        echo "NET-IPERF $dir failed"
+        rc=5
+    fi
+done
+# Interrupts of each receive queue, all CPUs together: a queue that never
+# received anything has none.
+irqs=
+for q in $(ls -d /sys/class/net/$dev/queues/rx-* | sed 's/.*rx-//'); do
+    n=$(awk -v q="virtio0-input.$q" '$NF == q { for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break } END { print s + 0 }' /proc/interrupts)
+    irqs="$irqs input.$q=$n"
+done
+echo "NET-RXIRQ$irqs"
+exit $rc
