@@ -128,33 +128,11 @@ pub fn control_socket(args: &Args, activation: activation::Activation) -> Result
 /// Give the control socket the owner and group asked for; returns a note for
 /// the start-up log.
 fn chown_socket(path: &Path, args: &Args) -> Result<String> {
-    use nix::unistd::{Gid, Group, Uid, User};
-    let uid = match &args.socket_owner {
-        None => None,
-        Some(u) => Some(match u.parse::<u32>() {
-            Ok(n) => Uid::from_raw(n),
-            Err(_) => {
-                User::from_name(u)
-                    .ok()
-                    .flatten()
-                    .with_context(|| format!("--socket-owner {u:?}: no such user"))?
-                    .uid
-            }
-        }),
-    };
-    let gid = match &args.socket_group {
-        None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => Gid::from_raw(n),
-            Err(_) => {
-                Group::from_name(g)
-                    .ok()
-                    .flatten()
-                    .with_context(|| format!("--socket-group {g:?}: no such group"))?
-                    .gid
-            }
-        }),
-    };
+    let (uid, gid) = owner_and_group(
+        args.socket_owner.as_deref(),
+        args.socket_group.as_deref(),
+        "--socket",
+    )?;
     if uid.is_none() && gid.is_none() {
         return Ok(String::new());
     }
@@ -168,6 +146,43 @@ fn chown_socket(path: &Path, args: &Args) -> Result<String> {
         uid.map_or("unchanged".to_owned(), |u| u.to_string()),
         gid.map_or("unchanged".to_owned(), |g| g.to_string())
     ))
+}
+
+/// The uid and gid named by `owner` and `group` (numbers or names, resolved
+/// now); `option` (e.g. `--socket`) names the options in errors.
+pub fn owner_and_group(
+    owner: Option<&str>,
+    group: Option<&str>,
+    option: &str,
+) -> Result<(Option<nix::unistd::Uid>, Option<nix::unistd::Gid>)> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let uid = match owner {
+        None => None,
+        Some(u) => Some(match u.parse::<u32>() {
+            Ok(n) => Uid::from_raw(n),
+            Err(_) => {
+                User::from_name(u)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("{option}-owner {u:?}: no such user"))?
+                    .uid
+            }
+        }),
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                Group::from_name(g)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("{option}-group {g:?}: no such group"))?
+                    .gid
+            }
+        }),
+    };
+    Ok((uid, gid))
 }
 
 /// Removes the files it names when dropped (start-up failed part way).

@@ -80,33 +80,7 @@ fn seqpacket() -> anyhow::Result<OwnedFd> {
 }
 
 fn chown(path: &Path, owner: Option<&str>, group: Option<&str>) -> anyhow::Result<()> {
-    use nix::unistd::{Gid, Group, Uid, User};
-    let uid = match owner {
-        None => None,
-        Some(u) => Some(match u.parse::<u32>() {
-            Ok(n) => Uid::from_raw(n),
-            Err(_) => {
-                User::from_name(u)
-                    .ok()
-                    .flatten()
-                    .with_context(|| format!("--dpdk-socket-owner {u:?}: no such user"))?
-                    .uid
-            }
-        }),
-    };
-    let gid = match group {
-        None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => Gid::from_raw(n),
-            Err(_) => {
-                Group::from_name(g)
-                    .ok()
-                    .flatten()
-                    .with_context(|| format!("--dpdk-socket-group {g:?}: no such group"))?
-                    .gid
-            }
-        }),
-    };
+    let (uid, gid) = crate::control::owner_and_group(owner, group, "--dpdk-socket")?;
     if uid.is_some() || gid.is_some() {
         nix::unistd::chown(path, uid, gid).with_context(|| {
             format!(
