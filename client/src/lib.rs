@@ -84,5 +84,6 @@ pub use sockfds::{
 };
 pub use umem::UmemConfig;
 pub use xsk_broker_protocol::{
-    AttachMode, CopyMode, ErrorCode, MapOpened, OpenMapRequest, OpenRequest, Opened, XdpMode,
+    AttachMode, CopyMode, ErrorClass, ErrorCode, MapOpened, OpenMapRequest, OpenRequest, Opened,
+    XdpMode,
 };

@@ -64,6 +64,32 @@
 #define XSK_MODE_SKB 2
 
 /*
+ [`xsk_last_error_class`]: the last error was not a broker refusal.
+ */
+#define XSK_CLASS_NONE 0
+
+/*
+ The broker refused; retry later, unchanged (e.g. `queue_busy`,
+ `limit_reached`).
+ */
+#define XSK_CLASS_RETRYABLE 1
+
+/*
+ The broker refused; change the request (interface, queues, mode).
+ */
+#define XSK_CLASS_FIX_REQUEST 2
+
+/*
+ The broker refused by policy or the administrator's set-up.
+ */
+#define XSK_CLASS_DENIED 3
+
+/*
+ The broker (or the system) failed.
+ */
+#define XSK_CLASS_BROKER_FAULT 4
+
+/*
  A connection to the broker, before a lease.
  */
 typedef struct xsk_broker xsk_broker;
@@ -149,6 +175,14 @@ extern "C" {
  pointer stays valid until the next failing call on this thread.
  */
 const char *xsk_last_error(void);
+
+/*
+ What a caller can do about the last error on this thread, when it was a
+ broker refusal ([`XSK_ERR_REFUSED`]): one of the `XSK_CLASS_*` values
+ (retry later, fix the request, denied, broker fault); [`XSK_CLASS_NONE`]
+ otherwise. See protocol/PROTOCOL.md for each error code's class.
+ */
+int xsk_last_error_class(void);
 
 /*
  Connect to the broker's control socket at `path` and check versions.

@@ -115,11 +115,25 @@ pub type XskRxCallback = Option<unsafe extern "C" fn(ctx: *mut c_void, data: *co
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_CLASS: std::cell::Cell<c_int> = const { std::cell::Cell::new(XSK_CLASS_NONE) };
 }
+
+/// [`xsk_last_error_class`]: the last error was not a broker refusal.
+pub const XSK_CLASS_NONE: c_int = 0;
+/// The broker refused; retry later, unchanged (e.g. `queue_busy`,
+/// `limit_reached`).
+pub const XSK_CLASS_RETRYABLE: c_int = 1;
+/// The broker refused; change the request (interface, queues, mode).
+pub const XSK_CLASS_FIX_REQUEST: c_int = 2;
+/// The broker refused by policy or the administrator's set-up.
+pub const XSK_CLASS_DENIED: c_int = 3;
+/// The broker (or the system) failed.
+pub const XSK_CLASS_BROKER_FAULT: c_int = 4;
 
 fn set_error(msg: String) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    LAST_CLASS.with(|c| c.set(XSK_CLASS_NONE));
 }
 
 fn code_of(e: &Error) -> c_int {
@@ -137,6 +151,16 @@ fn code_of(e: &Error) -> c_int {
 fn fail(e: Error) -> c_int {
     let code = code_of(&e);
     set_error(e.to_string());
+    if let Some(c) = e.broker_code() {
+        use xsk_client::ErrorClass;
+        let class = match c.class() {
+            ErrorClass::Retryable => XSK_CLASS_RETRYABLE,
+            ErrorClass::FixRequest => XSK_CLASS_FIX_REQUEST,
+            ErrorClass::Denied => XSK_CLASS_DENIED,
+            ErrorClass::BrokerFault => XSK_CLASS_BROKER_FAULT,
+        };
+        LAST_CLASS.with(|l| l.set(class));
+    }
     code
 }
 
@@ -182,6 +206,15 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, c_int> {
 #[no_mangle]
 pub extern "C" fn xsk_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// What a caller can do about the last error on this thread, when it was a
+/// broker refusal ([`XSK_ERR_REFUSED`]): one of the `XSK_CLASS_*` values
+/// (retry later, fix the request, denied, broker fault); [`XSK_CLASS_NONE`]
+/// otherwise. See protocol/PROTOCOL.md for each error code's class.
+#[no_mangle]
+pub extern "C" fn xsk_last_error_class() -> c_int {
+    LAST_CLASS.with(|c| c.get())
 }
 
 /// Connect to the broker's control socket at `path` and check versions.
@@ -563,6 +596,26 @@ pub unsafe extern "C" fn xsk_lease_close(l: *mut XskLease) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_has_a_class_and_other_errors_none() {
+        use xsk_client::ErrorCode;
+        let refused =
+            |code| Error::Refused(xsk_broker_protocol::ErrorReply::new(code, "for the test"));
+        for (code, class) in [
+            (ErrorCode::QueueBusy, XSK_CLASS_RETRYABLE),
+            (ErrorCode::LimitReached, XSK_CLASS_RETRYABLE),
+            (ErrorCode::QueueOutOfRange, XSK_CLASS_FIX_REQUEST),
+            (ErrorCode::NotPermitted, XSK_CLASS_DENIED),
+            (ErrorCode::ForeignProgram, XSK_CLASS_DENIED),
+            (ErrorCode::Internal, XSK_CLASS_BROKER_FAULT),
+        ] {
+            assert_eq!(fail(refused(code)), XSK_ERR_REFUSED);
+            assert_eq!(xsk_last_error_class(), class, "{code}");
+        }
+        assert_eq!(invalid("not a refusal"), XSK_ERR_INVALID);
+        assert_eq!(xsk_last_error_class(), XSK_CLASS_NONE);
+    }
 
     #[test]
     fn errors_are_codes_and_messages() {
