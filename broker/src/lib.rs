@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod limits;
 pub mod logsafe;
 pub mod metrics;
+pub mod nla;
 pub mod offload;
 pub mod peercred;
 pub mod persist;

@@ -21,6 +21,8 @@ use nix::sys::socket::{
 };
 use tracing::{info, warn};
 
+use crate::nla::{attributes, u16_at, u32_at};
+
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const NLM_F_REQUEST: u16 = 1;
@@ -29,7 +31,6 @@ const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_LINK_NETNSID: u16 = 37;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 
 /// What the kernel says about a link: its kind, and its peer link.
@@ -103,29 +104,6 @@ fn link_info(ifindex: u32) -> io::Result<LinkInfo> {
     let mut buf = vec![0u8; 32 * 1024];
     let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
     parse_link_reply(&buf[..n])
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Netlink attributes in `b`: (type, payload).
-fn attributes(b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let (Some(len), Some(ty)) = (u16_at(b, at), u16_at(b, at + 2)) {
-        let len = usize::from(len);
-        if len < 4 || at + len > b.len() {
-            break;
-        }
-        out.push((ty & NLA_TYPE_MASK, &b[at + 4..at + len]));
-        at += (len + 3) & !3;
-    }
-    out
 }
 
 fn parse_link_reply(msg: &[u8]) -> io::Result<LinkInfo> {

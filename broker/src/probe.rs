@@ -16,6 +16,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use crate::nla::{attributes, put_attr, u16_at, u32_at};
 use nix::sys::socket::{
     recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
 };
@@ -33,7 +34,6 @@ const NETDEV_A_QUEUE_TYPE: u16 = 3;
 const NETDEV_A_QUEUE_XSK: u16 = 7;
 const NETDEV_QUEUE_TYPE_RX: u32 = 0;
 const NETDEV_QUEUE_TYPE_TX: u32 = 1;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The first kernel whose `queue-get` reports AF_XDP pools.
 const FIRST_KERNEL: (u32, u32) = (6, 15);
 
@@ -51,15 +51,6 @@ pub enum QueueUse {
 pub struct QueueProbe {
     sock: OwnedFd,
     family: u16,
-}
-
-/// Append a netlink attribute (4-byte aligned).
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
 /// A generic netlink request: header, genl header, attributes.
@@ -80,34 +71,14 @@ fn request(family: u16, cmd: u8, attrs: &[u8]) -> Vec<u8> {
 /// error reply.
 fn reply_attrs(buf: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply");
-    let hdr: [u8; 16] = buf
-        .get(..16)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(bad)?;
-    let len = u32::from_ne_bytes(hdr[0..4].try_into().map_err(|_| bad())?) as usize;
-    let kind = u16::from_ne_bytes(hdr[4..6].try_into().map_err(|_| bad())?);
+    let len = u32_at(buf, 0).ok_or_else(bad)? as usize;
+    let kind = u16_at(buf, 4).ok_or_else(bad)?;
     let msg = buf.get(16..len).ok_or_else(bad)?;
     if kind == NLMSG_ERROR {
-        let errno = i32::from_ne_bytes(
-            msg.get(..4)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        );
+        let errno = u32_at(msg, 0).ok_or_else(bad)? as i32;
         return Err(io::Error::from_raw_os_error(-errno));
     }
-    let mut attrs = Vec::new();
-    let mut rest = msg.get(4..).ok_or_else(bad)?;
-    while rest.len() >= 4 {
-        let alen = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let akind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        if alen < 4 || alen > rest.len() {
-            return Err(bad());
-        }
-        attrs.push((akind, &rest[4..alen]));
-        rest = &rest[alen.next_multiple_of(4).min(rest.len())..];
-    }
-    Ok(attrs)
+    Ok(attributes(msg.get(4..).ok_or_else(bad)?))
 }
 
 /// Whether this kernel's release is at least `want` (major, minor).
