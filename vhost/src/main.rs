@@ -8,7 +8,10 @@
 
 mod guest;
 mod net;
+mod proxy;
 
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -71,6 +74,8 @@ fn main() {
         eprintln!("xsk-vhost-user: {e:#}");
         std::process::exit(1);
     }
+    // Worker threads may still be parked in epoll: end them with the process.
+    std::process::exit(0);
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -111,8 +116,18 @@ fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("polling the AF_XDP socket of queue {}", queue_ids[i]))?;
     }
 
-    let mut listener = Listener::new(&args.socket, true)
-        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.socket.display()))?;
+    // The VMM connects to `--socket`; the library gets the other end of a
+    // relay (proxy.rs) through a private abstract socket.
+    if args.socket.exists() {
+        std::fs::remove_file(&args.socket)
+            .with_context(|| format!("removing the old {}", args.socket.display()))?;
+    }
+    let public = UnixListener::bind(&args.socket)
+        .with_context(|| format!("listening on {}", args.socket.display()))?;
+    let name = format!("xsk-vhost-user-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).context("abstract socket name")?;
+    let private = UnixListener::bind_addr(&addr).context("binding the relay socket")?;
+    let mut listener = Listener::from(private);
     let ready = json!({
         "event": "ready",
         "socket": args.socket,
@@ -135,19 +150,35 @@ fn run(args: &Args) -> Result<()> {
         );
     }
 
+    let (vmm, _) = public
+        .accept()
+        .with_context(|| format!("accepting the VMM on {}", args.socket.display()))?;
+    drop(public);
+    let lib_end = UnixStream::connect_addr(&addr).context("connecting the relay")?;
+    let relay = std::thread::Builder::new()
+        .name("vhost-relay-in".into())
+        .spawn(move || proxy::relay(vmm, lib_end))
+        .context("starting the relay thread")?;
     daemon
         .start(&mut listener)
         .map_err(|e| anyhow::anyhow!("accepting the VMM on {}: {e}", args.socket.display()))?;
     let result = daemon.wait();
-    for h in &handlers {
-        h.send_exit_event();
+    let early = relay.join().ok().and_then(|r| r.ok()).unwrap_or(0);
+    if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
+        eprintln!("xsk-vhost-user: dropped {early} early SET_VRING_ENABLE message(s)");
     }
+    if let Err(e) = &result {
+        eprintln!("xsk-vhost-user: the vhost-user connection ended: {e}");
+    }
+    // The workers end with the process (exit below); nothing of theirs
+    // outlives it: the sockets and the lease are file descriptors.
     let _ = std::fs::remove_file(&args.socket);
     let counters = backend.counters();
+    // Closing the control connection ends the lease: the broker takes the
+    // queues back and detaches its program if no one else uses it.
+    drop(lease);
     drop(handlers);
-    drop(daemon);
-    drop(backend);
-    let freed = lease.release().context("ending the lease")?;
+    let freed = queue_ids.clone();
     let rx: u64 = counters.iter().map(|c| c.0).sum();
     let tx: u64 = counters.iter().map(|c| c.1).sum();
     let dropped: u64 = counters.iter().map(|c| c.2).sum();

@@ -111,15 +111,18 @@ impl NetBackend {
         self.0.pairs[i].lock().unwrap().sock.as_raw_fd()
     }
 
-    /// Counters per pair: (rx_packets, tx_packets, dropped).
+    /// Counters per pair: (rx_packets, tx_packets, dropped); zeros for a
+    /// pair whose worker is busy.
     pub fn counters(&self) -> Vec<(u64, u64, u64)> {
         self.0
             .pairs
             .iter()
-            .map(|p| {
-                let p = p.lock().unwrap();
-                let c = p.sock.counters();
-                (c.rx_packets, c.tx_packets, p.dropped)
+            .map(|p| match p.try_lock() {
+                Ok(p) => {
+                    let c = p.sock.counters();
+                    (c.rx_packets, c.tx_packets, p.dropped)
+                }
+                Err(_) => (0, 0, 0),
             })
             .collect()
     }
@@ -157,7 +160,9 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        // No REPLY_ACK: see proxy.rs (the early SET_VRING_ENABLE it drops
+        // must not ask for a reply).
+        VhostUserProtocolFeatures::MQ
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -192,6 +197,12 @@ impl VhostUserBackend for NetBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
+        if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
+            eprintln!(
+                "event {device_event} thread {thread_id} mem {}",
+                self.0.mem.lock().unwrap().is_some()
+            );
+        }
         let Some(mem) = self.0.mem.lock().unwrap().clone() else {
             return Ok(());
         };
@@ -204,6 +215,14 @@ impl VhostUserBackend for NetBackend {
         };
         let mut pair = pair.lock().unwrap();
         let ev = u64::from(device_event);
+        if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
+            eprintln!(
+                "event {ev} rx-usable {} tx-usable {} counters {:?}",
+                usable(rxq),
+                usable(txq),
+                pair.sock.counters()
+            );
+        }
         let is_sock = ev == self.socket_event();
         if is_sock || ev % 2 == 1 {
             transmit(&mut pair, txq, &mem)?;
@@ -412,6 +431,11 @@ fn transmit(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()
                 }
             };
             popped += 1;
+        }
+        if popped == 0 {
+            // The avail index promised chains the ring did not give (a
+            // malformed ring, or the VMM going away): wait for the next kick.
+            break;
         }
         let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
         let mut nf = 0usize;
