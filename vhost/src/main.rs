@@ -74,8 +74,6 @@ fn main() {
         eprintln!("xsk-vhost-user: {e:#}");
         std::process::exit(1);
     }
-    // Worker threads may still be parked in epoll: end them with the process.
-    std::process::exit(0);
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -164,9 +162,6 @@ fn run(args: &Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("accepting the VMM on {}: {e}", args.socket.display()))?;
     let result = daemon.wait();
     let early = relay.join().ok().and_then(|r| r.ok()).unwrap_or(0);
-    if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
-        eprintln!("xsk-vhost-user: dropped {early} early SET_VRING_ENABLE message(s)");
-    }
     if let Err(e) = &result {
         eprintln!("xsk-vhost-user: the vhost-user connection ended: {e}");
     }
@@ -186,23 +181,32 @@ fn run(args: &Args) -> Result<()> {
         println!(
             "{}",
             json!({"event": "done", "reason": "vmm_disconnected", "rx_packets": rx,
+                   "early_vring_enables_held": early,
                    "tx_packets": tx, "dropped": dropped, "released": freed,
                    "error": result.as_ref().err().map(|e| e.to_string())})
         );
     } else {
         println!("done: the VMM disconnected; rx {rx} tx {tx} dropped {dropped}; released queues {freed:?}");
     }
-    match result {
-        Ok(()) => Ok(()),
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             // A VMM that quits ends the connection in the middle of nothing:
             // the library reports that as a disconnect.
             let s = e.to_string();
             if s.contains("disconnect") || s.contains("Disconnected") || s.contains("partial") {
-                Ok(())
+                0
             } else {
-                Err(anyhow::anyhow!("serving the VMM: {e}"))
+                eprintln!("xsk-vhost-user: serving the VMM: {e}");
+                1
             }
         }
-    }
+    };
+    // Exit here, not by returning: dropping the daemon joins the library's
+    // worker threads, which wait in epoll for ever (the library gives them
+    // an exit event only if the backend makes one). The sockets and the
+    // (already closed) lease are file descriptors the exit closes.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
 }

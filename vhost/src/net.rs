@@ -197,12 +197,6 @@ impl VhostUserBackend for NetBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
-        if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
-            eprintln!(
-                "event {device_event} thread {thread_id} mem {}",
-                self.0.mem.lock().unwrap().is_some()
-            );
-        }
         let Some(mem) = self.0.mem.lock().unwrap().clone() else {
             return Ok(());
         };
@@ -215,14 +209,7 @@ impl VhostUserBackend for NetBackend {
         };
         let mut pair = pair.lock().unwrap();
         let ev = u64::from(device_event);
-        if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
-            eprintln!(
-                "event {ev} rx-usable {} tx-usable {} counters {:?}",
-                usable(rxq),
-                usable(txq),
-                pair.sock.counters()
-            );
-        }
+
         let is_sock = ev == self.socket_event();
         if is_sock || ev % 2 == 1 {
             transmit(&mut pair, txq, &mem)?;

@@ -101,9 +101,6 @@ fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<u64> {
         if !recv_exact(vmm.as_raw_fd(), &mut payload[..size], &mut fds)? {
             return Ok(dropped);
         }
-        if std::env::var_os("XSK_VHOST_DEBUG").is_some() {
-            eprintln!("relay: request {req} flags {flags:#x} size {size} fds {}", fds.len());
-        }
         if req == SET_VRING_ENABLE && !features_set && flags & NEED_REPLY == 0 && size == 8 {
             let mut m = [0u8; 20];
             m[..12].copy_from_slice(&hdr);
