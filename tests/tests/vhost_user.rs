@@ -33,8 +33,14 @@ const GUEST_MAC: &str = "52:54:00:00:00:03";
 /// Boot, ping and two iperf3 runs under TCG on a busy 2-core machine.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The guest of tests/qemu.rs (same spec, so the same cached build).
+/// The guest of tests/qemu.rs (same spec, so the same cached build), built
+/// once per test process (build-guest must not run twice at once).
 fn guest() -> PathBuf {
+    static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    GUEST.get_or_init(build_guest).clone()
+}
+
+fn build_guest() -> PathBuf {
     let iperf3 = ["/usr/bin/iperf3", "/bin/iperf3"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -263,6 +269,7 @@ fn run(test: &str, queues: u32) {
             .expect("starting iperf3 -s in the peer namespace"),
     );
 
+    let xdp_before = tb.xsk_rx_queue_xdp_packets().unwrap();
     let started = Instant::now();
     let mut backend = Proc::spawn(
         "xsk-vhost-user",
@@ -337,6 +344,15 @@ fn run(test: &str, queues: u32) {
     assert!(qst.success(), "QEMU: {qst}; stderr:\n{qerr}");
     assert!(mbits(&up) > 0.0 && mbits(&down) > 0.0, "{up} / {down}");
     drop(iperf);
+    // The peer's traffic reached the guest on every queue pair (the veth's
+    // XDP counted packets on each rx queue, whose sockets the backend reads).
+    let xdp_after = tb.xsk_rx_queue_xdp_packets().unwrap();
+    for q in 0..queues as usize {
+        assert!(
+            xdp_after[q] > xdp_before[q] + 100,
+            "queue {q}: the veth's XDP saw {xdp_before:?} -> {xdp_after:?} packets"
+        );
+    }
 
     // QEMU quit: the backend says so, ends its lease and exits 0.
     let done: Value = serde_json::from_str(&backend.wait_line("{", Duration::from_secs(30)))
@@ -369,4 +385,11 @@ fn vhost_user_stock_qemu_guest_pings_and_runs_tcp_both_ways() {
         "vhost_user_stock_qemu_guest_pings_and_runs_tcp_both_ways",
         1,
     );
+}
+
+/// Two queue pairs (`VIRTIO_NET_F_MQ`, two vCPUs, two TCP streams each way):
+/// the guest brings up both pairs and traffic arrives on both queues.
+#[test]
+fn vhost_user_stock_qemu_two_queue_pairs() {
+    run("vhost_user_stock_qemu_two_queue_pairs", 2);
 }

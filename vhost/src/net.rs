@@ -203,8 +203,9 @@ impl VhostUserBackend for NetBackend {
         let Some(pair) = self.0.pairs.get(thread_id) else {
             return Ok(());
         };
-        let (Some(rxq), Some(txq)) = (vrings.get(2 * thread_id), vrings.get(2 * thread_id + 1))
-        else {
+        // The library hands each worker its own rings (queues_per_thread:
+        // pair i's rx and tx), and numbers their kick events 0 and 1.
+        let (Some(rxq), Some(txq)) = (vrings.first(), vrings.get(1)) else {
             return Ok(());
         };
         let mut pair = pair.lock().unwrap();
