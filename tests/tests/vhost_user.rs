@@ -221,7 +221,28 @@ fn qemu_args(guest: &Path, sock: &Path, queues: u32) -> Vec<String> {
     .to_vec()
 }
 
-fn run(test: &str, queues: u32) {
+/// The next JSON line of `p` whose `event` is `name`.
+fn wait_event(p: &mut Proc, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = p.wait_line("{", deadline.saturating_duration_since(Instant::now()));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["event"] == name {
+            return v;
+        }
+    }
+}
+
+/// How the backend gets its sockets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// It leases them from the broker itself.
+    Broker,
+    /// `xsk-client exec` leases them and passes `--sock-fds {sock-fds}`.
+    Exec,
+}
+
+fn run(test: &str, queues: u32, via: Via) {
     if !require_root(test) {
         return;
     }
@@ -271,25 +292,61 @@ fn run(test: &str, queues: u32) {
 
     let xdp_before = tb.xsk_rx_queue_xdp_packets().unwrap();
     let started = Instant::now();
-    let mut backend = Proc::spawn(
-        "xsk-vhost-user",
-        Command::new(&backend_bin).args([
-            "--socket",
-            sock.to_str().unwrap(),
-            "--broker",
-            broker.socket_path().to_str().unwrap(),
-            "--ifname",
-            &tb.xsk_if,
-            "--queues",
-            &queues.to_string(),
-            "--mac",
-            GUEST_MAC,
-            "--json",
-        ]),
-    );
-    let ready: Value = serde_json::from_str(&backend.wait_line("{", Duration::from_secs(30)))
-        .expect("the ready line is JSON");
-    assert_eq!(ready["event"], "ready", "{ready}");
+    let q = queues.to_string();
+    let sock_s = sock.to_str().unwrap();
+    let mut backend = match via {
+        Via::Broker => Proc::spawn(
+            "xsk-vhost-user",
+            Command::new(&backend_bin).args([
+                "--socket",
+                sock_s,
+                "--broker",
+                broker.socket_path().to_str().unwrap(),
+                "--ifname",
+                &tb.xsk_if,
+                "--queues",
+                &q,
+                "--mac",
+                GUEST_MAC,
+                "--json",
+            ]),
+        ),
+        Via::Exec => {
+            let client = workspace_bin("xsk-client").unwrap();
+            let mut cmd = Command::new(client);
+            cmd.args([
+                "exec",
+                "--socket",
+                broker.socket_path().to_str().unwrap(),
+                "--ifname",
+                &tb.xsk_if,
+                "--queues",
+                &q,
+                "--",
+                backend_bin.to_str().unwrap(),
+                "--socket",
+                sock_s,
+                "--ifname",
+                &tb.xsk_if,
+                "--queues",
+                &q,
+                "--sock-fds",
+                "{sock-fds}",
+                "--start-queue",
+                "{start-queue}",
+                "--ifindex",
+                "{ifindex}",
+                "--mac",
+                GUEST_MAC,
+                "--json",
+            ]);
+            // xsk-client exec looks the interface up in its own namespace.
+            tb.xsk
+                .enter_thread(|| Proc::spawn("xsk-client exec xsk-vhost-user", &mut cmd))
+                .expect("entering the xsk namespace")
+        }
+    };
+    let ready = wait_event(&mut backend, "ready");
     assert_eq!(
         ready["queues"],
         serde_json::json!((0..queues).collect::<Vec<_>>())
@@ -355,8 +412,7 @@ fn run(test: &str, queues: u32) {
     }
 
     // QEMU quit: the backend says so, ends its lease and exits 0.
-    let done: Value = serde_json::from_str(&backend.wait_line("{", Duration::from_secs(30)))
-        .expect("the done line is JSON");
+    let done = wait_event(&mut backend, "done");
     let (bst, berr) = backend.wait_exit(Duration::from_secs(30));
     assert!(bst.success(), "xsk-vhost-user: {bst}; stderr:\n{berr}");
     assert_eq!(done["event"], "done", "{done}");
@@ -384,6 +440,7 @@ fn vhost_user_stock_qemu_guest_pings_and_runs_tcp_both_ways() {
     run(
         "vhost_user_stock_qemu_guest_pings_and_runs_tcp_both_ways",
         1,
+        Via::Broker,
     );
 }
 
@@ -391,5 +448,13 @@ fn vhost_user_stock_qemu_guest_pings_and_runs_tcp_both_ways() {
 /// the guest brings up both pairs and traffic arrives on both queues.
 #[test]
 fn vhost_user_stock_qemu_two_queue_pairs() {
-    run("vhost_user_stock_qemu_two_queue_pairs", 2);
+    run("vhost_user_stock_qemu_two_queue_pairs", 2, Via::Broker);
+}
+
+/// Under `xsk-client exec`: the launcher leases the socket and passes it as
+/// `--sock-fds {sock-fds}` (and the lease fd); same traffic; the lease ends
+/// when the backend exits after QEMU.
+#[test]
+fn vhost_user_under_xsk_client_exec_sock_fds() {
+    run("vhost_user_under_xsk_client_exec_sock_fds", 1, Via::Exec);
 }

@@ -21,7 +21,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use xsk_client::{BrokerClient, OpenRequest, SocketConfig};
+use xsk_client::{BrokerClient, OpenRequest, SocketConfig, XskSocket};
 
 /// Frames of 2 KiB in all umems together: 8 MiB, the common memlock limit,
 /// leaves nothing for anyone else, so use half of it.
@@ -38,9 +38,26 @@ struct Args {
     /// The broker's control socket.
     #[arg(long, default_value = "/run/xsk-broker/broker.sock")]
     broker: PathBuf,
-    /// The interface to lease queues of.
+    /// The interface to lease queues of (with --sock-fds: whose queues the
+    /// inherited sockets are for).
     #[arg(long)]
     ifname: String,
+    /// Take the sockets from the parent instead of the broker: the colon
+    /// list `xsk-client exec` fills in for `{sock-fds}` (the lease stays with
+    /// the fd it passes). Needs --start-queue and --ifindex from the same
+    /// placeholders.
+    #[arg(long, requires_all = ["ifindex"])]
+    sock_fds: Option<String>,
+    /// With --sock-fds: the first queue (`{start-queue}`).
+    #[arg(long, default_value_t = 0)]
+    start_queue: u32,
+    /// With --sock-fds: the interface index (`{ifindex}`).
+    #[arg(long)]
+    ifindex: Option<u32>,
+    /// With --sock-fds: bind in copy mode (`XDP_COPY`), as a copy lease
+    /// requires.
+    #[arg(long)]
+    copy: bool,
     /// Queue pairs (queues 0..N of the interface).
     #[arg(long, default_value_t = 1)]
     queues: u32,
@@ -85,15 +102,63 @@ fn run(args: &Args) -> Result<()> {
     let frames = 1u32 << frames.ilog2();
     let config = SocketConfig::with_frame_count(frames);
 
-    let broker = BrokerClient::connect(&args.broker)
-        .with_context(|| format!("connecting to the broker at {}", args.broker.display()))?;
-    let mut lease = broker
-        .open(OpenRequest::new(args.ifname.clone(), args.queues))
-        .with_context(|| format!("leasing {} queue(s) of {}", args.queues, args.ifname))?;
-    let info = lease.info().clone();
-    let socks = lease
-        .adopt_all(&config)
-        .with_context(|| format!("setting up the AF_XDP sockets of {}", args.ifname))?;
+    // The lease: our own broker connection, or (with --sock-fds) the one
+    // `xsk-client exec` keeps open for us.
+    let (lease, socks, ifname, ifindex, mode, copy, program_id) = match &args.sock_fds {
+        None => {
+            let broker = BrokerClient::connect(&args.broker).with_context(|| {
+                format!("connecting to the broker at {}", args.broker.display())
+            })?;
+            let mut lease = broker
+                .open(OpenRequest::new(args.ifname.clone(), args.queues))
+                .with_context(|| format!("leasing {} queue(s) of {}", args.queues, args.ifname))?;
+            let info = lease.info().clone();
+            let socks = lease
+                .adopt_all(&config)
+                .with_context(|| format!("setting up the AF_XDP sockets of {}", args.ifname))?;
+            (
+                Some(lease),
+                socks,
+                info.ifname,
+                info.ifindex,
+                json!(info.mode),
+                json!(info.copy),
+                json!(info.program_id),
+            )
+        }
+        Some(list) => {
+            let ifindex = args.ifindex.context("--sock-fds needs --ifindex")?;
+            let fds = xsk_client::claim_sock_fds(list, args.queues)
+                .with_context(|| format!("--sock-fds {list}"))?;
+            let mut config = config;
+            if args.copy {
+                config.copy = xsk_client::CopyMode::Copy;
+            }
+            let socks = fds
+                .into_iter()
+                .enumerate()
+                .map(|(i, fd)| {
+                    let q = args.start_queue + i as u32;
+                    XskSocket::adopt(fd, ifindex, q, &config).with_context(|| {
+                        format!(
+                            "setting up the inherited socket of {} queue {q}",
+                            args.ifname
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let copy = if args.copy { "copy" } else { "auto" };
+            (
+                None,
+                socks,
+                args.ifname.clone(),
+                ifindex,
+                json!(null),
+                json!(copy),
+                json!(null),
+            )
+        }
+    };
     let queue_ids: Vec<u32> = socks.iter().map(|s| s.queue_id()).collect();
 
     let backend = net::NetBackend::new(socks, mac);
@@ -129,11 +194,11 @@ fn run(args: &Args) -> Result<()> {
     let ready = json!({
         "event": "ready",
         "socket": args.socket,
-        "ifname": info.ifname,
-        "ifindex": info.ifindex,
-        "mode": info.mode,
-        "copy": info.copy,
-        "program_id": info.program_id,
+        "ifname": ifname,
+        "ifindex": ifindex,
+        "mode": mode,
+        "copy": copy,
+        "program_id": program_id,
         "queues": queue_ids,
         "pid": std::process::id(),
     });
@@ -143,7 +208,7 @@ fn run(args: &Args) -> Result<()> {
         println!(
             "ready: vhost-user socket {} on {} queues {:?}",
             args.socket.display(),
-            info.ifname,
+            ifname,
             queue_ids
         );
     }
