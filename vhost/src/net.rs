@@ -1,0 +1,486 @@
+//! The vhost-user-net device: one queue pair per AF_XDP socket, each served
+//! by its own worker thread (the library's epoll loop), which polls the
+//! pair's two kick eventfds and the socket.
+//!
+//! Each frame is copied once: guest buffer → umem on transmit, umem → guest
+//! buffer on receive. The 12-byte virtio-net header
+//! (`virtio_net_hdr_mrg_rxbuf`) is skipped on transmit and written (all zero
+//! but `num_buffers = 1`) on receive.
+//!
+//! No checksum or segmentation offload is offered: AF_XDP in copy mode hands
+//! the kernel complete frames and has no way to say "fill in the checksum"
+//! or "segment this" (tx metadata checksum offload exists only in zero-copy
+//! mode on some drivers), so a guest must send finished frames no larger
+//! than the MTU, and receives frames as they were on the wire.
+
+use std::io;
+use std::num::Wrapping;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::QueueT;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+use xsk_client::XskSocket;
+
+use crate::guest;
+
+/// The virtio-net header with `VIRTIO_NET_F_MRG_RXBUF` (and with
+/// `VIRTIO_F_VERSION_1`, which has the same layout).
+pub const HDR_LEN: usize = 12;
+/// Descriptors per virtqueue.
+pub const QUEUE_SIZE: usize = 256;
+/// The device's MTU.
+pub const MTU: u16 = 1500;
+/// Frames moved per batch.
+const BATCH: usize = 64;
+/// Largest frame this device handles (a umem frame).
+const MAX_FRAME: usize = 2048;
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// One queue pair's AF_XDP side.
+struct Pair {
+    sock: XskSocket,
+    /// Per-worker gather buffers for a guest frame scattered over several
+    /// descriptors (allocated once).
+    scratch: Box<[[u8; MAX_FRAME]]>,
+    /// Frames dropped: guest buffers too small, chains malformed or frames
+    /// too long.
+    dropped: u64,
+}
+
+struct Inner {
+    pairs: Vec<Mutex<Pair>>,
+    mac: [u8; 6],
+    event_idx: AtomicBool,
+    mem: Mutex<Option<Mem>>,
+}
+
+/// The vhost-user-net backend (cheap to clone: it is shared with the
+/// library's worker threads).
+#[derive(Clone)]
+pub struct NetBackend(Arc<Inner>);
+
+impl NetBackend {
+    /// A device with one queue pair per socket, in queue order.
+    pub fn new(socks: Vec<XskSocket>, mac: [u8; 6]) -> NetBackend {
+        let pairs = socks
+            .into_iter()
+            .map(|sock| {
+                Mutex::new(Pair {
+                    sock,
+                    scratch: vec![[0u8; MAX_FRAME]; BATCH].into_boxed_slice(),
+                    dropped: 0,
+                })
+            })
+            .collect();
+        NetBackend(Arc::new(Inner {
+            pairs,
+            mac,
+            event_idx: AtomicBool::new(false),
+            mem: Mutex::new(None),
+        }))
+    }
+
+    /// Queue pairs.
+    pub fn pairs(&self) -> usize {
+        self.0.pairs.len()
+    }
+
+    /// The epoll event id of the sockets (one per worker thread's epoll).
+    pub fn socket_event(&self) -> u64 {
+        2 * self.pairs() as u64 + 1
+    }
+
+    /// The socket of queue pair `i`, for registering with its worker.
+    pub fn socket_fd(&self, i: usize) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.pairs[i].lock().unwrap().sock.as_raw_fd()
+    }
+
+    /// Counters per pair: (rx_packets, tx_packets, dropped); zeros for a
+    /// pair whose worker is busy.
+    pub fn counters(&self) -> Vec<(u64, u64, u64)> {
+        self.0
+            .pairs
+            .iter()
+            .map(|p| match p.try_lock() {
+                Ok(p) => {
+                    let c = p.sock.counters();
+                    (c.rx_packets, c.tx_packets, p.dropped)
+                }
+                Err(_) => (0, 0, 0),
+            })
+            .collect()
+    }
+}
+
+fn bit(b: u32) -> u64 {
+    1u64 << b
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        2 * self.pairs()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = bit(VIRTIO_F_VERSION_1)
+            | bit(VIRTIO_NET_F_MAC)
+            | bit(VIRTIO_NET_F_MTU)
+            | bit(VIRTIO_NET_F_STATUS)
+            | bit(VIRTIO_NET_F_MRG_RXBUF)
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | bit(VIRTIO_RING_F_INDIRECT_DESC)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.pairs() > 1 {
+            f |= bit(VIRTIO_NET_F_MQ);
+        }
+        f
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // No REPLY_ACK: see proxy.rs (the early SET_VRING_ENABLE it drops
+        // must not ask for a reply).
+        VhostUserProtocolFeatures::MQ
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.0.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
+        let mut c = Vec::with_capacity(12);
+        c.extend_from_slice(&self.0.mac);
+        c.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        c.extend_from_slice(&(self.pairs() as u16).to_le_bytes());
+        c.extend_from_slice(&MTU.to_le_bytes());
+        let start = (offset as usize).min(c.len());
+        let end = (offset as usize).saturating_add(size as usize).min(c.len());
+        c[start..end].to_vec()
+    }
+
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        *self.0.mem.lock().unwrap() = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.pairs()).map(|i| 0b11u64 << (2 * i)).collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let Some(mem) = self.0.mem.lock().unwrap().clone() else {
+            return Ok(());
+        };
+        let Some(pair) = self.0.pairs.get(thread_id) else {
+            return Ok(());
+        };
+        // The library hands each worker its own rings (queues_per_thread:
+        // pair i's rx and tx), and numbers their kick events 0 and 1.
+        let (Some(rxq), Some(txq)) = (vrings.first(), vrings.get(1)) else {
+            return Ok(());
+        };
+        let mut pair = pair.lock().unwrap();
+        let ev = u64::from(device_event);
+
+        let is_sock = ev == self.socket_event();
+        if is_sock || ev % 2 == 1 {
+            transmit(&mut pair, txq, &mem)?;
+        }
+        if is_sock || ev % 2 == 0 {
+            receive(&mut pair, rxq, &mem)?;
+        }
+        Ok(())
+    }
+}
+
+fn qerr(e: virtio_queue::Error) -> io::Error {
+    io::Error::other(format!("virtqueue: {e}"))
+}
+
+/// Frames available in the guest's avail ring.
+fn available(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> io::Result<u16> {
+    let idx = q.avail_idx(mem, Ordering::Acquire).map_err(qerr)?;
+    Ok((idx - Wrapping(q.next_avail())).0)
+}
+
+fn usable(vring: &VringRwLock) -> bool {
+    let st = vring.get_ref();
+    st.is_enabled() && st.get_queue().ready()
+}
+
+/// Move frames from the AF_XDP rx ring into the guest's receive buffers,
+/// as many as both sides have, signalling the guest as event-idx says.
+fn receive(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()> {
+    if !usable(vring) {
+        return Ok(());
+    }
+    let mem = atomic.memory();
+    let mut st = vring.get_mut();
+    loop {
+        let q = st.get_queue_mut();
+        let n = available(q, &mem)?;
+        if n == 0 {
+            // Out of guest buffers: ask for a kick when it adds some
+            // (frames wait in the AF_XDP rx ring meanwhile).
+            if q.enable_notification(&*mem).map_err(qerr)? {
+                continue;
+            }
+            break;
+        }
+        q.disable_notification(&*mem).map_err(qerr)?;
+        let max = usize::from(n).min(BATCH);
+        let mut dropped = 0u64;
+        let mut err = None;
+        let got = pair.sock.receive(max, |frame| {
+            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
+                dropped += 1;
+                return;
+            };
+            let head = chain.head_index();
+            let mut hdr = [0u8; HDR_LEN];
+            hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let parts: [&[u8]; 2] = [&hdr, frame];
+            let (mut part, mut off) = (0usize, 0usize);
+            let mut written = 0u32;
+            for d in chain {
+                if !d.is_write_only() {
+                    continue;
+                }
+                let mut at = 0usize;
+                let cap = d.len() as usize;
+                while at < cap && part < 2 {
+                    let src = &parts[part][off..];
+                    let n = src.len().min(cap - at);
+                    let Some(to) = d.addr().checked_add(at as u64) else {
+                        part = 3;
+                        break;
+                    };
+                    if mem.write_slice(&src[..n], to).is_err() {
+                        part = 3;
+                        break;
+                    }
+                    at += n;
+                    off += n;
+                    written += n as u32;
+                    if off == parts[part].len() {
+                        part += 1;
+                        off = 0;
+                    }
+                }
+                if part >= 2 {
+                    break;
+                }
+            }
+            if part != 2 {
+                // Buffer too small or outside guest memory: drop the frame.
+                dropped += 1;
+                written = 0;
+            }
+            if let Err(e) = q.add_used(&*mem, head, written) {
+                err = Some(e);
+            }
+        });
+        pair.dropped += dropped;
+        if let Some(e) = err {
+            return Err(qerr(e));
+        }
+        if st.get_queue_mut().needs_notification(&*mem).map_err(qerr)? {
+            st.signal_used_queue()?;
+        }
+        if got < max {
+            // The AF_XDP rx ring is empty: the socket's next readable edge
+            // brings us back.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Where one guest tx frame is.
+#[derive(Clone, Copy)]
+enum Src {
+    /// Malformed or too long: completed with length 0, dropped.
+    Bad,
+    /// In one descriptor of guest memory.
+    Guest(GuestAddress, usize),
+    /// Gathered into the scratch buffer with this index, this long.
+    Scratch(usize, usize),
+}
+
+/// Move frames from the guest's transmit queue onto the AF_XDP tx ring.
+/// Frames the socket cannot take now (free frames or tx ring space ran
+/// out) stay in the guest's ring; the socket's next writable or readable
+/// edge brings us back.
+fn transmit(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()> {
+    if !usable(vring) {
+        return Ok(());
+    }
+    let mem = atomic.memory();
+    let mut st = vring.get_mut();
+    let max_tx = pair.sock.max_tx_frame().min(MAX_FRAME);
+    loop {
+        let q = st.get_queue_mut();
+        let n = available(q, &mem)?;
+        if n == 0 {
+            if q.enable_notification(&*mem).map_err(qerr)? {
+                continue;
+            }
+            break;
+        }
+        q.disable_notification(&*mem).map_err(qerr)?;
+        let want = usize::from(n).min(BATCH);
+        let mut heads = [0u16; BATCH];
+        let mut srcs = [Src::Bad; BATCH];
+        let mut popped = 0usize;
+        let mut scratch_used = 0usize;
+        while popped < want {
+            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
+                break;
+            };
+            heads[popped] = chain.head_index();
+            // Walk the readable descriptors: skip the header, then the
+            // frame is either one piece (borrowed) or gathered.
+            let mut skip = HDR_LEN;
+            let mut pieces: [(GuestAddress, usize); 8] = [(GuestAddress(0), 0); 8];
+            let mut np = 0usize;
+            let mut total = 0usize;
+            let mut bad = false;
+            for d in chain {
+                if d.is_write_only() {
+                    continue;
+                }
+                let mut len = d.len() as usize;
+                let mut addr = d.addr();
+                let s = skip.min(len);
+                skip -= s;
+                len -= s;
+                let Some(a) = addr.checked_add(s as u64) else {
+                    bad = true;
+                    break;
+                };
+                addr = a;
+                if len == 0 {
+                    continue;
+                }
+                if np == pieces.len() {
+                    bad = true;
+                    break;
+                }
+                pieces[np] = (addr, len);
+                np += 1;
+                total += len;
+            }
+            srcs[popped] = if bad || skip > 0 || total == 0 || total > max_tx {
+                Src::Bad
+            } else if np == 1 {
+                Src::Guest(pieces[0].0, pieces[0].1)
+            } else {
+                let buf = &mut pair.scratch[scratch_used];
+                let mut at = 0usize;
+                let mut ok = true;
+                for &(a, l) in &pieces[..np] {
+                    ok &= mem.read_slice(&mut buf[at..at + l], a).is_ok();
+                    at += l;
+                }
+                if ok {
+                    scratch_used += 1;
+                    Src::Scratch(scratch_used - 1, total)
+                } else {
+                    Src::Bad
+                }
+            };
+            popped += 1;
+        }
+        if popped == 0 {
+            // The avail index promised chains the ring did not give (a
+            // malformed ring, or the VMM going away): wait for the next kick.
+            break;
+        }
+        let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+        let mut nf = 0usize;
+        for s in &mut srcs[..popped] {
+            let f = match *s {
+                Src::Bad => continue,
+                Src::Guest(a, l) => match guest::slice(&mem, a, l) {
+                    Some(f) => f,
+                    None => {
+                        *s = Src::Bad;
+                        continue;
+                    }
+                },
+                Src::Scratch(i, l) => &pair.scratch[i][..l],
+            };
+            frames[nf] = f;
+            nf += 1;
+        }
+        let sent = if nf == 0 {
+            0
+        } else {
+            match pair.sock.transmit(&frames[..nf]) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!(
+                        "xsk-vhost-user: transmit on queue {}: {e}",
+                        pair.sock.queue_id()
+                    );
+                    0
+                }
+            }
+        };
+        // Complete, in order, the bad chains and the sent frames; give the
+        // rest back to the avail ring.
+        let q = st.get_queue_mut();
+        let mut done = 0usize;
+        let mut sent_left = sent;
+        for (i, s) in srcs[..popped].iter().enumerate() {
+            match s {
+                Src::Bad => pair.dropped += 1,
+                _ if sent_left == 0 => break,
+                _ => sent_left -= 1,
+            }
+            q.add_used(&*mem, heads[i], 0).map_err(qerr)?;
+            done += 1;
+        }
+        let back = popped - done;
+        if back > 0 {
+            q.set_next_avail(q.next_avail().wrapping_sub(back as u16));
+        }
+        if done > 0 && q.needs_notification(&*mem).map_err(qerr)? {
+            st.signal_used_queue()?;
+        }
+        if back > 0 {
+            let _ = pair.sock.flush_tx();
+            break;
+        }
+    }
+    Ok(())
+}
