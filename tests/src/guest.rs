@@ -200,3 +200,25 @@ pub fn guest_unavailable(test: &str, why: &str) -> bool {
     eprintln!("SKIP {test}: {why}");
     false
 }
+
+/// The networking guest (kernel and initramfs) the QEMU and vhost-user tests
+/// boot: the virtio-net modules, iperf3 and tests/guest/qemu-net.sh (it pings
+/// `net.peer=` and runs iperf3 both ways). Built once per test process by
+/// `scripts/build-guest` into target/guest/qemu-net; panics (a test helper)
+/// if it cannot be built.
+pub fn net_guest() -> &'static Path {
+    static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    GUEST.get_or_init(|| {
+        let iperf3 = ["/usr/bin/iperf3", "/bin/iperf3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("iperf3 is not installed (scripts/install-deps installs it)");
+        let spec = GuestSpec::new()
+            .module("virtio_pci")
+            .module("virtio_net")
+            .bin(iperf3)
+            .file("tests/guest/qemu-net.sh", "/guest/qemu-net.sh");
+        let g = Guest::build("qemu-net", &spec).unwrap_or_else(|e| panic!("{e:#}"));
+        g.dir().to_path_buf()
+    })
+}

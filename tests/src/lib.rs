@@ -57,7 +57,7 @@ pub use broker::{
 pub use capture::Capture;
 pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
-pub use guest::{guest_crashed, guest_unavailable, require_guest, Guest, GuestSpec};
+pub use guest::{guest_crashed, guest_unavailable, net_guest, require_guest, Guest, GuestSpec};
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use netns::{cleanup_stale_netns, Netns};
 pub use packet::{

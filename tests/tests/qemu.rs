@@ -15,14 +15,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, guest_crashed, line_reader, nobody_ids, proc_status_uid, require_root,
-    serial_guard, spawn_nobody_with_caps, wait_until, workspace_bin, BpfFs, BrokerProcess, Guest,
-    GuestSpec, TempDir, Testbed, PEER_IP,
+    brokerctl, cap_eff, guest_crashed, line_reader, net_guest, nobody_ids, proc_status_uid,
+    require_root, serial_guard, spawn_nobody_with_caps, wait_until, workspace_bin, BpfFs,
+    BrokerProcess, TempDir, Testbed, PEER_IP,
 };
 
 const CAP_NET_RAW: u32 = 13;
@@ -74,24 +73,9 @@ fn qemu(flavor: &str) -> PathBuf {
     path
 }
 
-/// The guest (kernel and initramfs), built once per test process by
-/// `scripts/build-guest` into target/guest/qemu-net: the virtio-net modules,
-/// iperf3 and tests/guest/qemu-net.sh.
+/// The guest: [`net_guest`].
 fn guest() -> &'static Path {
-    static GUEST: OnceLock<PathBuf> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let iperf3 = ["/usr/bin/iperf3", "/bin/iperf3"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("iperf3 is not installed (scripts/install-deps installs it)");
-        let spec = GuestSpec::new()
-            .module("virtio_pci")
-            .module("virtio_net")
-            .bin(iperf3)
-            .file("tests/guest/qemu-net.sh", "/guest/qemu-net.sh");
-        let g = Guest::build("qemu-net", &spec).unwrap_or_else(|e| panic!("{e:#}"));
-        g.dir().to_path_buf()
-    })
+    net_guest()
 }
 
 /// A test bed with a broker whose policy admits uid nobody to the test bed's

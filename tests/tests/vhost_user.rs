@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, line_reader, nobody_ids, proc_status_uid, require_root, serial_guard,
-    spawn_unprivileged, wait_until, workspace_bin, BrokerProcess, Guest, GuestSpec, TempDir,
-    Testbed, PEER_IP,
+    brokerctl, cap_eff, line_reader, net_guest, nobody_ids, proc_status_uid, require_root,
+    serial_guard, spawn_unprivileged, wait_until, workspace_bin, BrokerProcess, TempDir, Testbed,
+    PEER_IP,
 };
 
 /// Debian's QEMU (package qemu-system-x86).
@@ -35,23 +35,9 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The guest of tests/qemu.rs (same spec, so the same cached build), built
 /// once per test process (build-guest must not run twice at once).
+/// The guest: [`net_guest`].
 fn guest() -> PathBuf {
-    static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    GUEST.get_or_init(build_guest).clone()
-}
-
-fn build_guest() -> PathBuf {
-    let iperf3 = ["/usr/bin/iperf3", "/bin/iperf3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("iperf3 is not installed (scripts/install-deps installs it)");
-    let spec = GuestSpec::new()
-        .module("virtio_pci")
-        .module("virtio_net")
-        .bin(iperf3)
-        .file("tests/guest/qemu-net.sh", "/guest/qemu-net.sh");
-    let g = Guest::build("qemu-net", &spec).unwrap_or_else(|e| panic!("{e:#}"));
-    g.dir().to_path_buf()
+    net_guest().to_path_buf()
 }
 
 /// A child process as nobody whose stdout lines are read on a thread.
