@@ -232,6 +232,24 @@ fn available(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> io::Result<u16> 
     Ok((idx - Wrapping(q.next_avail())).0)
 }
 
+/// How many descriptors (at most [`BATCH`]) the guest has made available,
+/// with notifications off while they are processed; `None` when there are
+/// none, after asking the guest for a kick when it adds some (and checking
+/// once more, so one added meanwhile is not missed).
+fn next_batch(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> io::Result<Option<usize>> {
+    loop {
+        let n = available(q, mem)?;
+        if n == 0 {
+            if q.enable_notification(mem).map_err(qerr)? {
+                continue;
+            }
+            return Ok(None);
+        }
+        q.disable_notification(mem).map_err(qerr)?;
+        return Ok(Some(usize::from(n).min(BATCH)));
+    }
+}
+
 fn usable(vring: &VringRwLock) -> bool {
     let st = vring.get_ref();
     st.is_enabled() && st.get_queue().ready()
@@ -247,17 +265,10 @@ fn receive(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()>
     let mut st = vring.get_mut();
     loop {
         let q = st.get_queue_mut();
-        let n = available(q, &mem)?;
-        if n == 0 {
-            // Out of guest buffers: ask for a kick when it adds some
-            // (frames wait in the AF_XDP rx ring meanwhile).
-            if q.enable_notification(&*mem).map_err(qerr)? {
-                continue;
-            }
+        // Out of guest buffers: frames wait in the AF_XDP rx ring meanwhile.
+        let Some(max) = next_batch(q, &mem)? else {
             break;
-        }
-        q.disable_notification(&*mem).map_err(qerr)?;
-        let max = usize::from(n).min(BATCH);
+        };
         let mut dropped = 0u64;
         let mut err = None;
         let got = pair.sock.receive(max, |frame| {
@@ -349,15 +360,9 @@ fn transmit(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()
     let max_tx = pair.sock.max_tx_frame().min(MAX_FRAME);
     loop {
         let q = st.get_queue_mut();
-        let n = available(q, &mem)?;
-        if n == 0 {
-            if q.enable_notification(&*mem).map_err(qerr)? {
-                continue;
-            }
+        let Some(want) = next_batch(q, &mem)? else {
             break;
-        }
-        q.disable_notification(&*mem).map_err(qerr)?;
-        let want = usize::from(n).min(BATCH);
+        };
         let mut heads = [0u16; BATCH];
         let mut srcs = [Src::Bad; BATCH];
         let mut popped = 0usize;
