@@ -10,17 +10,15 @@
 //! Slow (the guest runs under TCG). Under CI=true a failure to build or boot
 //! fails the test.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, line_reader, net_guest, nobody_ids, proc_status_uid, require_root,
-    serial_guard, spawn_unprivileged, wait_until, workspace_bin, BrokerProcess, TempDir, Testbed,
+    brokerctl, cap_eff, net_guest, nobody_ids, proc_status_uid, require_root, serial_guard,
+    spawn_unprivileged, wait_until, workspace_bin, BrokerProcess, LineProc, TempDir, Testbed,
     PEER_IP,
 };
 
@@ -40,95 +38,14 @@ fn guest() -> PathBuf {
     net_guest().to_path_buf()
 }
 
-/// A child process as nobody whose stdout lines are read on a thread.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child =
-            spawn_unprivileged(cmd).unwrap_or_else(|e| panic!("starting {name} as nobody: {e:#}"));
-        let lines = line_reader(child.stdout.take().unwrap());
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Proc {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Wait for a line starting with `prefix`.
-    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    let line = line.trim_end_matches('\r').to_owned();
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(e) => {
-                    let _ = self.child.kill();
-                    let status = self.child.wait();
-                    let err = self.stderr.take().map(|h| h.join().unwrap_or_default());
-                    panic!(
-                        "{} ({status:?}): no {prefix:?} line within {timeout:?} ({e:?}); output:\n{}\nstderr:\n{}",
-                        self.name,
-                        self.seen.join("\n"),
-                        err.unwrap_or_default()
-                    );
-                }
-            }
-        }
-    }
-
-    /// Wait for the process to exit by itself; its status and stderr.
-    fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                let err = self.stderr.take().map(|h| h.join().unwrap_or_default());
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(l);
-                }
-                return (st, err.unwrap_or_default());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}; output:\n{}",
-                self.name,
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Start `cmd` as nobody with no capabilities, its output watched.
+fn spawn(name: &'static str, cmd: &mut Command) -> LineProc {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child =
+        spawn_unprivileged(cmd).unwrap_or_else(|e| panic!("starting {name} as nobody: {e:#}"));
+    LineProc::new(name, child)
 }
 
 /// `iperf3 -s` in the peer namespace, killed on drop.
@@ -208,15 +125,8 @@ fn qemu_args(guest: &Path, sock: &Path, queues: u32) -> Vec<String> {
 }
 
 /// The next JSON line of `p` whose `event` is `name`.
-fn wait_event(p: &mut Proc, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = p.wait_line("{", deadline.saturating_duration_since(Instant::now()));
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        if v["event"] == name {
-            return v;
-        }
-    }
+fn wait_event(p: &mut LineProc, name: &str) -> Value {
+    p.wait_event(name, Duration::from_secs(30))
 }
 
 /// How the backend gets its sockets.
@@ -281,7 +191,7 @@ fn run(test: &str, queues: u32, via: Via) {
     let q = queues.to_string();
     let sock_s = sock.to_str().unwrap();
     let mut backend = match via {
-        Via::Broker => Proc::spawn(
+        Via::Broker => spawn(
             "xsk-vhost-user",
             Command::new(&backend_bin).args([
                 "--socket",
@@ -328,7 +238,7 @@ fn run(test: &str, queues: u32, via: Via) {
             ]);
             // xsk-client exec looks the interface up in its own namespace.
             tb.xsk
-                .enter_thread(|| Proc::spawn("xsk-client exec xsk-vhost-user", &mut cmd))
+                .enter_thread(|| spawn("xsk-client exec xsk-vhost-user", &mut cmd))
                 .expect("entering the xsk namespace")
         }
     };
@@ -343,7 +253,7 @@ fn run(test: &str, queues: u32, via: Via) {
     let st = status(&broker);
     assert_eq!(st["leases"][0]["holder"]["pid"], bpid, "{st:#}");
 
-    let mut qemu = Proc::spawn(
+    let mut qemu = spawn(
         "qemu",
         Command::new(QEMU).args(qemu_args(&guest, &sock, queues)),
     );
