@@ -33,6 +33,9 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use xsk_client::XskSocket;
 
 use crate::guest;
@@ -188,6 +191,12 @@ impl VhostUserBackend for NetBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.pairs()).map(|i| 0b11u64 << (2 * i)).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // A fresh pair per worker (the library asks once per worker, as it
+        // makes it); dropping the daemon signals it and joins the worker.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
 
     fn handle_event(
