@@ -270,7 +270,7 @@ fn run(args: &Args) -> Result<()> {
         } else {
             println!("connected: VMM connection {connections}");
         }
-        let (result, early) = serve(&backend, vmm, &addr, &mut listener, &stop)?;
+        let (result, relayed) = serve(&backend, vmm, &addr, &mut listener, &stop)?;
         let (rx, tx, dropped) = totals(&backend);
         let error = match &result {
             Err(e) if !stop.requested() && !is_disconnect(e) => Some(e.to_string()),
@@ -280,7 +280,8 @@ fn run(args: &Args) -> Result<()> {
             println!(
                 "{}",
                 json!({"event": "disconnected", "connection": connections,
-                       "early_vring_enables_held": early, "rx_packets": rx,
+                       "early_vring_enables_held": relayed.early_enables,
+                       "ring_stops": relayed.ring_stops, "rx_packets": rx,
                        "tx_packets": tx, "dropped": dropped, "error": error})
             );
         } else {
@@ -366,14 +367,14 @@ fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
 /// torn down when the connection ends: its workers get their exit events and
 /// are joined, and the guest memory it mapped is unmapped. The sockets, the
 /// umem and the lease stay for the next VMM. Returns the library's result
-/// and how many early SET_VRING_ENABLE messages the relay held back.
+/// and what the relay saw.
 fn serve(
     backend: &net::NetBackend,
     vmm: UnixStream,
     addr: &SocketAddr,
     listener: &mut Listener,
     stop: &Stop,
-) -> Result<(Result<(), vhost_user_backend::Error>, u64)> {
+) -> Result<(Result<(), vhost_user_backend::Error>, proxy::Relayed)> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("xsk-vhost-user".into(), backend.clone(), mem)
         .map_err(|e| anyhow::anyhow!("starting the vhost-user daemon: {e}"))?;
@@ -402,12 +403,12 @@ fn serve(
         Err(e) => Err(e),
     };
     stop.unwatch();
-    let early = relay.join().ok().and_then(|r| r.ok()).unwrap_or(0);
+    let relayed = relay.join().ok().and_then(|r| r.ok()).unwrap_or_default();
     // Dropping the daemon sends each worker its exit event and joins it.
     drop(daemon);
     // The backend's last reference to this VMM's guest memory: unmap it.
     let _ = backend.update_memory(GuestMemoryAtomic::new(GuestMemoryMmap::new()));
-    Ok((result, early))
+    Ok((result, relayed))
 }
 
 /// SIGTERM and SIGINT, blocked in every thread and taken by one.
