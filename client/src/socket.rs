@@ -846,31 +846,56 @@ impl XskSocket {
     /// [`Error::Sys`]. (The device itself may still drop frames longer than
     /// its MTU plus the Ethernet header.)
     pub fn transmit<B: AsRef<[u8]>>(&mut self, frames: &[B]) -> Result<usize, Error> {
+        self.transmit_with(frames.len(), |i, buf| {
+            let data = frames[i].as_ref();
+            if let Some(dst) = buf.get_mut(..data.len()) {
+                copy_frame(dst, data);
+            }
+            data.len()
+        })
+    }
+
+    /// Transmit `count` frames that `fill` writes straight into umem frames,
+    /// in order: for the `i`-th frame, `fill(i, buf)` gets a free frame's
+    /// buffer ([`max_tx_frame`](Self::max_tx_frame) bytes, old contents) and
+    /// returns the frame's length. Use it when the frames are not byte
+    /// slices (e.g. guest memory read with volatile copies), so they are
+    /// copied once, into the umem.
+    ///
+    /// Same as [`transmit`](Self::transmit) otherwise (completions first,
+    /// one wakeup after): returns how many frames, from the first, were
+    /// queued; a length of 0 or above the buffer's stops the batch (that
+    /// frame is not sent, its umem frame goes back to the pool), and is
+    /// [`Error::FrameLength`] if it is the first frame.
+    pub fn transmit_with<F: FnMut(usize, &mut [u8]) -> usize>(
+        &mut self,
+        count: usize,
+        mut fill: F,
+    ) -> Result<usize, Error> {
         self.complete_tx();
-        let want = frames.len().min(self.pool.len()).min(u32::MAX as usize) as u32;
+        let want = count.min(self.pool.len()).min(u32::MAX as usize) as u32;
         let n = self.tx.free(want) as usize;
         let at = self.tx.index();
+        let max = self.max_tx_len;
         let mut queued = 0u32;
         let mut bytes = 0u64;
         let mut bad_len = None;
-        for frame in frames.iter().take(n) {
-            let data = frame.as_ref();
-            if data.is_empty() || data.len() > self.max_tx_len as usize {
-                bad_len = Some(data.len());
-                break;
-            }
+        for i in 0..n {
             let Some(base) = self.pool.pop() else { break };
             let addr = base + self.headroom;
-            let len = data.len() as u32;
-            match self.umem.frame_mut(addr, len) {
-                Some(buf) => copy_frame(buf, data),
-                None => {
-                    // Unreachable: pool frames lie inside the umem and len
-                    // fits the frame. Keep the frame and stop.
-                    self.pool.push(base);
-                    break;
-                }
+            let Some(buf) = self.umem.frame_mut(addr, max) else {
+                // Unreachable: pool frames lie inside the umem and the
+                // largest frame fits one. Keep the frame and stop.
+                self.pool.push(base);
+                break;
+            };
+            let len = fill(i, buf);
+            if len == 0 || len > max as usize {
+                self.pool.push(base);
+                bad_len = Some(len);
+                break;
             }
+            let len = len as u32;
             self.tx.write(
                 at.wrapping_add(queued),
                 xdp_desc {
@@ -892,7 +917,7 @@ impl XskSocket {
         match bad_len {
             Some(len) if queued == 0 => Err(Error::FrameLength {
                 len,
-                max: self.max_tx_len as usize,
+                max: max as usize,
             }),
             _ => Ok(queued as usize),
         }

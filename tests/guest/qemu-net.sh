@@ -5,18 +5,25 @@
 #   net.peer=ADDR       the host-side peer to talk to
 #   net.streams=N       parallel iperf3 streams (default 1)
 #   net.seconds=S       seconds per iperf3 run (default 3)
+#   net.reset=1         after the first ping, reset the virtio device (unload
+#                       and reload virtio_net: the driver resets the device on
+#                       removal and sets it up anew on probe), print
+#                       "NET-RESET ok ifindex=OLD->NEW" and ping again
+#                       ("NET-REPING ok ...") before
+#                       the iperf3 runs
 # brings eth0 up with as many queue pairs as the NIC offers, pings the peer,
 # runs iperf3 TCP to the peer and from it (-R), counts the interrupts of each
 # receive queue, and prints every result on the serial console as lines
 # starting with "NET-". /init then prints
 # "GUEST-EXIT rc=N" and powers off.
-ip= peer= streams=1 seconds=3
+ip= peer= streams=1 seconds=3 reset=
 for w in $(cat /proc/cmdline); do
     case $w in
         net.ip=*) ip=${w#net.ip=} ;;
         net.peer=*) peer=${w#net.peer=} ;;
         net.streams=*) streams=${w#net.streams=} ;;
         net.seconds=*) seconds=${w#net.seconds=} ;;
+        net.reset=*) reset=${w#net.reset=} ;;
     esac
 done
 [ -n "$ip" ] && [ -n "$peer" ] || { echo "NET-ERROR net.ip= and net.peer= are needed on the kernel command line"; exit 2; }
@@ -28,15 +35,32 @@ ip link set $dev up
 # No offloads the AF_XDP path cannot carry (AF_XDP has no checksum or
 # segmentation offload; virtio-net offers none with the af-xdp backend).
 rc=0
-if ping -c 3 -W 5 "$peer" > /tmp/ping 2>&1; then
-    echo "NET-PING ok $(grep -o '[0-9]*/[0-9]*/[0-9]* packets\|[0-9]* packets transmitted, [0-9]* packets received' /tmp/ping)"
-else
-    cat /tmp/ping
-    ip -s link show dev $dev
-    cat /proc/net/arp
-    grep virtio /proc/interrupts
-    echo "NET-PING failed"
-    exit 4
+# ping_peer TAG: ping the peer, print "NET-TAG ok ..." or fail the script.
+ping_peer() {
+    if ping -c 3 -W 5 "$peer" > /tmp/ping 2>&1; then
+        echo "NET-$1 ok $(grep -o '[0-9]*/[0-9]*/[0-9]* packets\|[0-9]* packets transmitted, [0-9]* packets received' /tmp/ping)"
+    else
+        cat /tmp/ping
+        ip -s link show dev $dev
+        cat /proc/net/arp
+        grep virtio /proc/interrupts
+        echo "NET-$1 failed"
+        exit 4
+    fi
+}
+ping_peer PING
+if [ "$reset" = 1 ]; then
+    old=$(cat /sys/class/net/$dev/ifindex)
+    ip link set $dev down
+    rmmod virtio_net || { echo "NET-RESET failed: rmmod virtio_net"; exit 6; }
+    insmod /lib/modules/virtio_net.ko || { echo "NET-RESET failed: insmod virtio_net"; exit 6; }
+    n=0
+    while [ ! -e /sys/class/net/$dev ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    [ -e /sys/class/net/$dev ] || { echo "NET-RESET failed: no $dev after reloading virtio_net"; exit 6; }
+    ip addr add "$ip" dev $dev
+    ip link set $dev up
+    echo "NET-RESET ok ifindex=$old->$(cat /sys/class/net/$dev/ifindex)"
+    ping_peer REPING
 fi
 for dir in up down; do
     flag=

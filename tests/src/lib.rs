@@ -19,6 +19,7 @@
 //! * [`BrokerProcess`], [`workspace_bin`]: run `xsk-brokerd` inside the xsk namespace.
 //! * [`Guest`], [`GuestSpec`], [`require_guest`]: a Debian kernel and busybox initramfs
 //!   (`scripts/build-guest`) booted under TCG, for what the host kernel cannot do.
+//! * [`LineProc`]: a child process watched line by line (JSON events, a guest's console).
 //!
 //! # Requirements
 //!
@@ -43,6 +44,7 @@ mod cmd;
 mod ethtool;
 mod guest;
 mod harness;
+mod lines;
 mod netns;
 mod packet;
 mod peer;
@@ -59,6 +61,7 @@ pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAME
 pub use cmd::run_command;
 pub use guest::{guest_crashed, guest_unavailable, net_guest, require_guest, Guest, GuestSpec};
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
+pub use lines::{LineProc, GUEST_CRASHED};
 pub use netns::{cleanup_stale_netns, Netns};
 pub use packet::{
     build_udp_frame, frame_checksums_ok, parse_udp_frame, reflect_udp_frame, UdpFrame, ETH_HLEN,

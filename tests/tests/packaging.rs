@@ -300,10 +300,12 @@ fn debian_package_installs_runs_and_purges() {
         "/usr/bin/xsk-brokerd",
         "/usr/bin/xsk-brokerctl",
         "/usr/bin/xsk-client",
+        "/usr/bin/xsk-vhost-user",
         "/usr/share/man/man8/xsk-brokerd.8.gz",
         "/usr/share/man/man1/xsk-brokerctl.1.gz",
         "/usr/share/man/man1/xsk-brokerctl-status.1.gz",
         "/usr/share/man/man1/xsk-client.1.gz",
+        "/usr/share/man/man1/xsk-vhost-user.1.gz",
         "/usr/lib/systemd/system/xsk-broker.service",
         "/usr/lib/systemd/system/xsk-broker.socket",
         "/usr/lib/tmpfiles.d/xsk-broker.conf",
@@ -318,7 +320,12 @@ fn debian_package_installs_runs_and_purges() {
         );
     }
     let version = env!("CARGO_PKG_VERSION");
-    for bin in ["xsk-brokerd", "xsk-brokerctl", "xsk-client"] {
+    for bin in [
+        "xsk-brokerd",
+        "xsk-brokerctl",
+        "xsk-client",
+        "xsk-vhost-user",
+    ] {
         let v = run(Command::new(format!("/usr/bin/{bin}")).arg("--version"));
         assert_eq!(v.trim(), format!("{bin} {version}"));
         let help = run(Command::new(format!("/usr/bin/{bin}")).arg("--help"));
@@ -332,6 +339,11 @@ fn debian_package_installs_runs_and_purges() {
     let man = run(Command::new("sh").args(["-c", "gzip -dc /usr/share/man/man1/xsk-client.1.gz"]));
     for sub in ["rx", "tx", "echo", "exec"] {
         assert!(man.contains(sub), "xsk-client.1 lacks {sub}:\n{man}");
+    }
+    let man =
+        run(Command::new("sh").args(["-c", "gzip -dc /usr/share/man/man1/xsk-vhost-user.1.gz"]));
+    for opt in ["socket", "ifname", "queues", "reconnect"] {
+        assert!(man.contains(opt), "xsk-vhost-user.1 lacks {opt}:\n{man}");
     }
     // The installed units verify against the installed binary.
     let (ok, text) = verify(&[

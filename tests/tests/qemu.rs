@@ -11,17 +11,15 @@
 //! TCG). Under CI=true a failure to build or boot fails the test.
 //! `XSK_QEMU_ACCEL=kvm` boots the guests with KVM where it works.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, guest_crashed, line_reader, net_guest, nobody_ids, proc_status_uid,
-    require_root, serial_guard, spawn_nobody_with_caps, wait_until, workspace_bin, BpfFs,
-    BrokerProcess, TempDir, Testbed, PEER_IP,
+    brokerctl, cap_eff, net_guest, nobody_ids, proc_status_uid, require_root, serial_guard,
+    spawn_nobody_with_caps, wait_until, workspace_bin, BpfFs, BrokerProcess, LineProc, TempDir,
+    Testbed, GUEST_CRASHED, PEER_IP,
 };
 
 const CAP_NET_RAW: u32 = 13;
@@ -321,130 +319,26 @@ fn readme_shows_the_qemu_commands_the_tests_run() {
     }
 }
 
-/// A QEMU started by `xsk-client exec` as nobody.
-struct Qemu {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
-    /// Serial console lines so far.
-    console: Vec<String>,
-}
-
-impl Qemu {
-    /// Start `xsk-client ARGV` as nobody holding exactly `caps`, in the
-    /// interface's network namespace (QEMU looks `ifname` up in its own).
-    fn spawn(env: &Env, argv: &[String], caps: &[u32]) -> Qemu {
-        eprintln!("running as nobody with caps {caps:?}: xsk-client {argv:?}");
-        let bin = workspace_bin("xsk-client").unwrap();
-        let mut child = env
-            .tb
-            .xsk
-            .enter_thread(|| {
-                let mut cmd = Command::new(&bin);
-                cmd.args(argv)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                spawn_nobody_with_caps(&mut cmd, caps)
-            })
-            .expect("entering the xsk namespace")
-            .expect("starting xsk-client exec qemu as nobody");
-        let lines = line_reader(child.stdout.take().unwrap());
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Qemu {
-            child,
-            lines,
-            stderr,
-            console: Vec::new(),
-        }
-    }
-
-    /// Wait for a console line starting with `prefix`.
-    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    let line = line.trim_end_matches('\r').to_owned();
-                    self.console.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "{}no {prefix:?} line from the guest within {timeout:?}; console:\n{}",
-                        self.crashed(),
-                        self.console.join("\n")
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait();
-                    panic!(
-                        "{}QEMU ended ({status:?}) before a {prefix:?} line; console:\n{}\nstderr:\n{}",
-                        self.crashed(),
-                        self.console.join("\n"),
-                        self.take_stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    /// [`GUEST_CRASHED`] if the console shows a guest kernel crash, else "".
-    fn crashed(&self) -> &'static str {
-        if guest_crashed(&self.console.join("\n")) {
-            GUEST_CRASHED
-        } else {
-            ""
-        }
-    }
-
-    /// QEMU's exit status and standard error once it has exited by itself.
-    fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String, Vec<String>) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                    self.console.push(line);
-                }
-                let err = self.take_stderr();
-                return (status, err, std::mem::take(&mut self.console));
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "QEMU did not exit within {timeout:?}; console:\n{}",
-                    self.console.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn take_stderr(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
-            .join()
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Start `xsk-client ARGV` (which execs QEMU) as nobody holding exactly
+/// `caps`, in the interface's network namespace (QEMU looks `ifname` up in
+/// its own); its stdout is the guest's serial console.
+fn spawn_qemu(env: &Env, argv: &[String], caps: &[u32]) -> LineProc {
+    eprintln!("running as nobody with caps {caps:?}: xsk-client {argv:?}");
+    let bin = workspace_bin("xsk-client").unwrap();
+    let child = env
+        .tb
+        .xsk
+        .enter_thread(|| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            spawn_nobody_with_caps(&mut cmd, caps)
+        })
+        .expect("entering the xsk namespace")
+        .expect("starting xsk-client exec qemu as nobody");
+    LineProc::new("QEMU", child)
 }
 
 /// `iperf3 -s` in the peer namespace, killed on drop.
@@ -492,9 +386,6 @@ struct GuestRun {
     status: Value,
 }
 
-/// How a failure of [`Qemu::wait_line`] starts when the guest kernel crashed.
-const GUEST_CRASHED: &str = "the guest kernel crashed: ";
-
 /// [`run_guest`], once more if the guest kernel crashed (TCG is not a perfect
 /// CPU; see tests/guest_lsm.rs); any other failure, or a second crash, fails.
 fn run_guest_twice_on_crash(
@@ -540,8 +431,8 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
     };
     let argv = test_command_line(env, flow, bin, queues, "{queues}", streams);
     let started = Instant::now();
-    let mut q = Qemu::spawn(env, &argv, caps);
-    let pid = q.child.id();
+    let mut q = spawn_qemu(env, &argv, caps);
+    let pid = q.pid();
 
     let init = q.wait_line("GUEST-INIT", GUEST_TIMEOUT);
     eprintln!("{init} (booted in {:.1}s)", started.elapsed().as_secs_f64());
@@ -561,11 +452,7 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
         "the guest's NIC should have {queues} queue pair(s): {nic}"
     );
     let ping = q.wait_line("NET-PING", GUEST_TIMEOUT);
-    assert!(
-        ping.starts_with("NET-PING ok"),
-        "{ping}\n{}",
-        q.console.join("\n")
-    );
+    assert!(ping.starts_with("NET-PING ok"), "{ping}\n{}", q.output());
     let up = q.wait_line("NET-IPERF up", GUEST_TIMEOUT);
     // Read while the guest runs its second TCP run: QEMU holds the lease.
     let st = status(env);
@@ -573,7 +460,8 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
     let (up_mbits, down_mbits) = (mbits(&up), mbits(&down));
     let rxirq = q.wait_line("NET-RXIRQ", GUEST_TIMEOUT);
     let exit = q.wait_line("GUEST-EXIT", GUEST_TIMEOUT);
-    let (qemu_status, stderr, console) = q.wait_exit(Duration::from_secs(60));
+    let (qemu_status, stderr) = q.wait_exit(Duration::from_secs(60));
+    let console = std::mem::take(&mut q.seen);
     eprintln!(
         "{flow:?} queues={queues} streams={streams}: guest TCP to the peer {up_mbits} Mbit/s, \
          from the peer {down_mbits} Mbit/s (TCG), {:.1}s in all",
@@ -742,8 +630,9 @@ fn qemu_refuses_a_sock_fds_count_that_differs_from_queues() {
     };
     let env = setup(2, false);
     let argv = test_command_line(&env, Flow::SockFds, &bin, 1, "2", 1);
-    let q = Qemu::spawn(&env, &argv, &[CAP_IPC_LOCK]);
-    let (status, stderr, console) = q.wait_exit(Duration::from_secs(60));
+    let mut q = spawn_qemu(&env, &argv, &[CAP_IPC_LOCK]);
+    let (status, stderr) = q.wait_exit(Duration::from_secs(60));
+    let console = std::mem::take(&mut q.seen);
     eprintln!("QEMU said: {stderr}");
     assert_eq!(status.code(), Some(1), "{stderr}\n{}", console.join("\n"));
     assert!(
@@ -776,13 +665,14 @@ fn qemu_without_cap_ipc_lock_says_its_umem_does_not_fit() {
         .unwrap()
         .0;
     let argv = test_command_line(&env, Flow::SockFds, &bin, 1, "{queues}", 1);
-    let mut q = Qemu::spawn(&env, &argv, &[]);
+    let mut q = spawn_qemu(&env, &argv, &[]);
     if limit >= 64 << 20 {
         q.wait_line("GUEST-INIT", GUEST_TIMEOUT);
         eprintln!("no ENOBUFS check: RLIMIT_MEMLOCK is {limit} bytes here");
         return;
     }
-    let (status, stderr, console) = q.wait_exit(Duration::from_secs(60));
+    let (status, stderr) = q.wait_exit(Duration::from_secs(60));
+    let console = &q.seen;
     eprintln!("QEMU said: {stderr}");
     assert_eq!(status.code(), Some(1), "{stderr}\n{}", console.join("\n"));
     assert!(

@@ -1,24 +1,22 @@
-//! Borrowing guest memory as byte slices, so a guest's transmit buffer is
-//! copied once, straight into the umem (the only `unsafe` of this crate).
+//! Reading guest memory into the umem. The guest may write its buffers at
+//! any time, so they are never borrowed as Rust slices: vm-memory copies
+//! out of them with volatile-safe raw copies (`VolatileSlice::copy_to`),
+//! straight into the umem frame, the one copy of a transmitted frame.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// `len` bytes of guest memory at `addr` as a byte slice that lives as long
-/// as the borrow of `mem`, or `None` if the range is not inside one region
-/// of guest memory.
-pub fn slice(mem: &GuestMemoryMmap<()>, addr: GuestAddress, len: usize) -> Option<&[u8]> {
-    if len == 0 {
-        return Some(&[]);
+/// Whether `addr..addr+len` is all guest memory (so [`copy`] of it
+/// succeeds).
+pub fn in_memory(mem: &GuestMemoryMmap<()>, addr: GuestAddress, len: usize) -> bool {
+    GuestMemoryBackend::check_range(mem, addr, len)
+}
+
+/// Copy `buf.len()` bytes of guest memory at `addr` into `buf`; the number
+/// of bytes copied, 0 if the range is not all guest memory (or `buf` is
+/// empty).
+pub fn copy(mem: &GuestMemoryMmap<()>, addr: GuestAddress, buf: &mut [u8]) -> usize {
+    match mem.read_slice(buf, addr) {
+        Ok(()) => buf.len(),
+        Err(_) => 0,
     }
-    let vs = mem.get_slice(addr, len).ok()?;
-    let guard = vs.ptr_guard();
-    let ptr = guard.as_ptr();
-    // SAFETY: `get_slice` checked that `addr..addr+len` lies inside one
-    // mapped region of `mem`; the mapping stays until `mem` (a snapshot held
-    // by the caller's `GuestMemoryAtomic` guard) is dropped, which the
-    // returned lifetime ties to. The guest may write the bytes concurrently;
-    // every byte value is a valid `u8`, the slice is only read (copied into
-    // the umem), and a guest that changes its buffer while transmitting it
-    // only garbles its own frame.
-    Some(unsafe { std::slice::from_raw_parts(ptr, len) })
 }

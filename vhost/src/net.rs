@@ -33,6 +33,9 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use xsk_client::XskSocket;
 
 use crate::guest;
@@ -188,6 +191,12 @@ impl VhostUserBackend for NetBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.pairs()).map(|i| 0b11u64 << (2 * i)).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // A fresh pair per worker (the library asks once per worker, as it
+        // makes it); dropping the daemon signals it and joins the worker.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
 
     fn handle_event(
@@ -430,27 +439,35 @@ fn transmit(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()
             // malformed ring, or the VMM going away): wait for the next kick.
             break;
         }
-        let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+        // The frames to send, by index into `srcs` (bad ones left out).
+        let mut frames = [0usize; BATCH];
         let mut nf = 0usize;
-        for s in &mut srcs[..popped] {
-            let f = match *s {
+        for (i, s) in srcs[..popped].iter_mut().enumerate() {
+            match *s {
                 Src::Bad => continue,
-                Src::Guest(a, l) => match guest::slice(&mem, a, l) {
-                    Some(f) => f,
-                    None => {
-                        *s = Src::Bad;
-                        continue;
-                    }
-                },
-                Src::Scratch(i, l) => &pair.scratch[i][..l],
-            };
-            frames[nf] = f;
+                Src::Guest(a, l) if !guest::in_memory(&mem, a, l) => {
+                    *s = Src::Bad;
+                    continue;
+                }
+                _ => {}
+            }
+            frames[nf] = i;
             nf += 1;
         }
         let sent = if nf == 0 {
             0
         } else {
-            match pair.sock.transmit(&frames[..nf]) {
+            // Each frame is copied once, into its umem frame.
+            let fill = |i: usize, buf: &mut [u8]| match srcs[frames[i]] {
+                Src::Guest(a, l) => guest::copy(&mem, a, buf.get_mut(..l).unwrap_or_default()),
+                Src::Scratch(k, l) => {
+                    let to = buf.get_mut(..l).unwrap_or_default();
+                    to.copy_from_slice(&pair.scratch[k][..to.len()]);
+                    to.len()
+                }
+                Src::Bad => 0,
+            };
+            match pair.sock.transmit_with(nf, fill) {
                 Ok(k) => k,
                 Err(e) => {
                     eprintln!(

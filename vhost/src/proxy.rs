@@ -10,7 +10,8 @@
 //! relay holds the early ones (they ask for no reply: this backend offers no
 //! `REPLY_ACK`), the last per ring, and passes them on right after
 //! `SET_FEATURES`; everything else goes through unchanged, file descriptors
-//! included.
+//! included. It also counts the rings the VMM stops (`GET_VRING_BASE`: at
+//! each device stop, e.g. a guest resetting its NIC, and when it quits).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::Shutdown;
@@ -20,14 +21,24 @@ use std::os::unix::net::UnixStream;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 const SET_FEATURES: u32 = 2;
+const GET_VRING_BASE: u32 = 11;
 const SET_VRING_ENABLE: u32 = 18;
 const NEED_REPLY: u32 = 0x8;
 /// No vhost-user message this backend takes is larger.
 const MAX_PAYLOAD: usize = 64 * 1024;
 
+/// What the relay saw of one connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Relayed {
+    /// Early SET_VRING_ENABLE messages held back until SET_FEATURES.
+    pub early_enables: u64,
+    /// GET_VRING_BASE messages: rings the VMM stopped.
+    pub ring_stops: u64,
+}
+
 /// Relay between `vmm` and `lib` until either side closes; then shut both
-/// down. Returns how many early SET_VRING_ENABLE messages were held back.
-pub fn relay(vmm: UnixStream, lib: UnixStream) -> std::io::Result<u64> {
+/// down.
+pub fn relay(vmm: UnixStream, lib: UnixStream) -> std::io::Result<Relayed> {
     let (vmm2, lib2) = (vmm.try_clone()?, lib.try_clone()?);
     let back = std::thread::Builder::new()
         .name("vhost-relay".into())
@@ -80,8 +91,8 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Res
     Ok(true)
 }
 
-fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<u64> {
-    let mut dropped = 0u64;
+fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<Relayed> {
+    let mut seen = Relayed::default();
     let mut features_set = false;
     let mut held: std::collections::BTreeMap<u32, [u8; 20]> = Default::default();
     let mut payload = vec![0u8; MAX_PAYLOAD];
@@ -89,7 +100,7 @@ fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<u64> {
         let mut fds = Vec::new();
         let mut hdr = [0u8; 12];
         if !recv_exact(vmm.as_raw_fd(), &mut hdr, &mut fds)? {
-            return Ok(dropped);
+            return Ok(seen);
         }
         let word = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().unwrap());
         let (req, flags, size) = (word(0), word(4), word(8) as usize);
@@ -99,7 +110,7 @@ fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<u64> {
             )));
         }
         if !recv_exact(vmm.as_raw_fd(), &mut payload[..size], &mut fds)? {
-            return Ok(dropped);
+            return Ok(seen);
         }
         if req == SET_VRING_ENABLE && !features_set && flags & NEED_REPLY == 0 && size == 8 {
             let mut m = [0u8; 20];
@@ -107,8 +118,11 @@ fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<u64> {
             m[12..].copy_from_slice(&payload[..8]);
             let index = u32::from_le_bytes(m[12..16].try_into().unwrap());
             held.insert(index, m);
-            dropped += 1;
+            seen.early_enables += 1;
             continue;
+        }
+        if req == GET_VRING_BASE {
+            seen.ring_stops += 1;
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let iov = [IoSlice::new(&hdr), IoSlice::new(&payload[..size])];

@@ -37,3 +37,16 @@ fn missing_or_unknown_arguments_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
 }
+
+/// `xsk-vhost-user man` (what the Debian package's man page is made of)
+/// needs none of the serving options and documents them all.
+#[test]
+fn man_writes_a_page_with_every_option() {
+    let out = backend().arg("man").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    for opt in ["socket", "ifname", "queues", "reconnect", "sock\\-fds"] {
+        assert!(page.contains(opt), "the man page lacks {opt}:\n{page}");
+    }
+}
