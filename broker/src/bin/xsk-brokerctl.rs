@@ -1,7 +1,8 @@
 //! `xsk-brokerctl`: ask a running `xsk-brokerd` what it is doing.
 //!
 //! `xsk-brokerctl status` prints every lease (interface, queues, holder,
-//! XDP mode, program id, age) and each leased socket's kernel statistics
+//! XDP mode, program id, age) and each leased socket's frames received and
+//! sent (the kernel's RX and TX ring positions) and kernel statistics
 //! (`XDP_STATISTICS`), as tables or, with `--json`, as one JSON object.
 
 use std::os::unix::net::UnixStream;
@@ -183,13 +184,24 @@ fn human(s: &StatusReply) -> String {
         &leases,
     ));
     let mut sockets = Vec::new();
+    let mut notes = String::new();
+    // A ring the holder has not created (or an older broker): "-".
+    let packets = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for l in &s.leases {
         for sock in &l.sockets {
             let mut row = vec![
                 l.id.to_string(),
                 l.ifname.clone(),
                 sock.queue_id.to_string(),
+                packets(sock.rx_packets),
+                packets(sock.tx_packets),
             ];
+            if let Some(e) = &sock.traffic_error {
+                notes.push_str(&format!(
+                    "lease {} {} queue {}: {e}\n",
+                    l.id, l.ifname, sock.queue_id
+                ));
+            }
             match (&sock.statistics, &sock.error) {
                 (Some(st), _) => row.extend(
                     [
@@ -216,6 +228,8 @@ fn human(s: &StatusReply) -> String {
             "LEASE",
             "INTERFACE",
             "QUEUE",
+            "RX_PACKETS",
+            "TX_PACKETS",
             "RX_DROPPED",
             "RX_INVALID_DESCS",
             "TX_INVALID_DESCS",
@@ -225,6 +239,7 @@ fn human(s: &StatusReply) -> String {
         ],
         &sockets,
     ));
+    out.push_str(&notes);
     out
 }
 
