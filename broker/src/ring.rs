@@ -136,9 +136,19 @@ fn page_size() -> usize {
     usize::try_from(p).ok().filter(|p| *p > 0).unwrap_or(4096)
 }
 
-/// `getsockopt(SOL_XDP, XDP_MMAP_OFFSETS)`.
-/// The offsets of the RX ring's producer and the TX ring's consumer.
+/// The offsets of the RX ring's producer and the TX ring's consumer: the
+/// kernel's layout, the same for every socket, so asked once.
 fn mmap_offsets(sock: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    static OFFSETS: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    if let Some(o) = OFFSETS.get() {
+        return Ok(*o);
+    }
+    let o = ask_mmap_offsets(sock)?;
+    Ok(*OFFSETS.get_or_init(|| o))
+}
+
+/// `getsockopt(SOL_XDP, XDP_MMAP_OFFSETS)`.
+fn ask_mmap_offsets(sock: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     // SAFETY: xdp_mmap_offsets is plain old data; all-zero is a valid value.
     let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
     let full = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;

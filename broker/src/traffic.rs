@@ -2,12 +2,13 @@
 //! advances: the RX ring's producer (frames delivered) and the TX ring's
 //! consumer (descriptors taken for transmit). The positions are `u32`s that
 //! wrap; [`SocketTraffic`] turns them into 64-bit totals by adding the
-//! forward steps between samples. The broker samples every second and at
+//! forward steps between samples. The broker reads them every second and at
 //! each status, so no wrap is missed below 2^31 frames a second.
 //!
-//! A ring is mapped the first time it is seen (the holder creates it after
-//! the grant) and unmapped when the [`SocketTraffic`] is dropped, with its
-//! lease record.
+//! A ring is mapped by the once-a-second tick the first time it exists (the
+//! holder creates it after the grant; status requests only read rings
+//! already mapped, so they make no `mmap` calls) and unmapped when the
+//! [`SocketTraffic`] is dropped, with its lease record.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -37,25 +38,38 @@ struct RingTotal {
     /// created, so the first reading counts everything up to it).
     last: u32,
     total: u64,
+    /// Why the last attempt to map the ring failed, if it did.
+    error: Option<String>,
 }
 
 impl RingTotal {
-    /// Read the ring (mapping it with `map` the first time it exists) and
-    /// return the total; `None` while the socket has no such ring.
-    fn sample(
+    /// Map the ring with `map` if it is not mapped yet and exists now; a
+    /// failure is kept (for status) and the next call tries again.
+    fn map_if_absent(
         &mut self,
         map: impl FnOnce() -> io::Result<Option<Box<dyn RingPosition>>>,
-    ) -> io::Result<Option<u64>> {
-        if self.ring.is_none() {
-            match map()? {
-                Some(r) => self.ring = Some(r),
-                None => return Ok(None),
+    ) -> Result<(), String> {
+        if self.ring.is_some() {
+            return Ok(());
+        }
+        match map() {
+            Ok(r) => {
+                self.ring = r;
+                self.error = None;
+                Ok(())
+            }
+            Err(e) => {
+                let e = e.to_string();
+                self.error = Some(e.clone());
+                Err(e)
             }
         }
-        let Some(ring) = &self.ring else {
-            return Ok(None);
-        };
-        let pos = ring.load();
+    }
+
+    /// Read the ring, if mapped, and return the total; `None` while the
+    /// ring is not mapped.
+    fn read(&mut self) -> Option<u64> {
+        let pos = self.ring.as_ref()?.load();
         let step = pos.wrapping_sub(self.last);
         // A step of 2^31 or more is a step backwards: the kernel never moves
         // a position back, but the holder can write the word in its own
@@ -65,7 +79,7 @@ impl RingTotal {
             self.total += u64::from(step);
             self.last = pos;
         }
-        Ok(Some(self.total))
+        Some(self.total)
     }
 }
 
@@ -81,43 +95,53 @@ struct Rings {
     tx: RingTotal,
 }
 
-/// What [`SocketTraffic::sample`] read.
+/// What [`SocketTraffic::read`] gives.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TrafficSample {
-    /// Frames the kernel delivered to the RX ring (None: no RX ring yet).
+    /// Frames the kernel delivered to the RX ring (None: not mapped, the
+    /// holder has not created it, or not yet seen).
     pub rx_packets: Option<u64>,
-    /// Descriptors the kernel took from the TX ring (None: no TX ring yet).
+    /// Descriptors the kernel took from the TX ring (None: as for rx).
     pub tx_packets: Option<u64>,
     /// Why a ring could not be mapped, if one could not.
     pub error: Option<String>,
 }
 
 impl SocketTraffic {
-    /// Read both rings of `sock` (mapping them through `kernel` once they
-    /// exist) and return the totals.
+    /// Map the rings of `sock` that exist now and are not mapped yet
+    /// (through `kernel`), then read both. Each ring the holder has not
+    /// created costs a refused `mmap`, so the broker calls this from its
+    /// once-a-second tick, never per status request.
     pub fn sample<K: Kernel + ?Sized>(&self, kernel: &K, sock: BorrowedFd<'_>) -> TrafficSample {
-        let mut rings = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = TrafficSample::default();
-        let mut errors = Vec::new();
-        match rings.rx.sample(|| kernel.map_ring(sock, RingKind::Rx)) {
-            Ok(n) => out.rx_packets = n,
-            Err(e) => errors.push(format!("cannot map the rx ring: {e}")),
+        {
+            let mut rings = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = rings
+                .rx
+                .map_if_absent(|| kernel.map_ring(sock, RingKind::Rx));
+            let _ = rings
+                .tx
+                .map_if_absent(|| kernel.map_ring(sock, RingKind::Tx));
         }
-        match rings.tx.sample(|| kernel.map_ring(sock, RingKind::Tx)) {
-            Ok(n) => out.tx_packets = n,
-            Err(e) => errors.push(format!("cannot map the tx ring: {e}")),
-        }
-        if !errors.is_empty() {
-            out.error = Some(errors.join("; "));
-        }
-        out
+        self.read()
     }
 
-    /// Whether a ring is mapped (for tests).
-    #[cfg(test)]
-    pub fn mapped(&self) -> usize {
-        let rings = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        usize::from(rings.rx.ring.is_some()) + usize::from(rings.tx.ring.is_some())
+    /// Read the rings mapped so far (no system call) and return the totals,
+    /// with the last mapping error.
+    pub fn read(&self) -> TrafficSample {
+        let mut rings = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let errors: Vec<String> = [(&rings.rx, RingKind::Rx), (&rings.tx, RingKind::Tx)]
+            .iter()
+            .filter_map(|(r, kind)| {
+                r.error
+                    .as_ref()
+                    .map(|e| format!("cannot map the {kind} ring: {e}"))
+            })
+            .collect();
+        TrafficSample {
+            rx_packets: rings.rx.read(),
+            tx_packets: rings.tx.read(),
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+        }
     }
 }
 
@@ -142,36 +166,42 @@ mod tests {
     fn totals_count_from_ring_creation_and_across_the_wrap() {
         let w = Arc::new(AtomicU32::new(0));
         let mut t = RingTotal::default();
-        assert_eq!(t.sample(|| Ok(None)).unwrap(), None, "no ring yet");
+        t.map_if_absent(|| Ok(None)).unwrap();
+        assert_eq!(t.read(), None, "no ring yet");
         w.store(10, Ordering::Relaxed);
-        assert_eq!(t.sample(|| ring(&w)).unwrap(), Some(10));
+        t.map_if_absent(|| ring(&w)).unwrap();
+        assert_eq!(t.read(), Some(10));
+        t.map_if_absent(|| unreachable!("mapped once")).unwrap();
         w.store(u32::MAX - 5, Ordering::Relaxed);
         // 10 -> 2^32 - 6 is a step of 2^32 - 16 > 2^31: backwards, ignored.
-        assert_eq!(t.sample(|| unreachable!()).unwrap(), Some(10));
+        assert_eq!(t.read(), Some(10));
         // Forward in steps below 2^31, then across the wrap.
         for pos in [1u32 << 30, 1 << 31, 3 << 30, u32::MAX - 5, 4] {
             w.store(pos, Ordering::Relaxed);
-            t.sample(|| unreachable!()).unwrap();
+            t.read();
         }
-        assert_eq!(t.total, (1u64 << 32) + 4);
+        assert_eq!(t.read(), Some((1u64 << 32) + 4));
     }
 
     #[test]
     fn a_holder_writing_the_word_back_does_not_count_frames_twice() {
         let w = Arc::new(AtomicU32::new(100));
         let mut t = RingTotal::default();
-        assert_eq!(t.sample(|| ring(&w)).unwrap(), Some(100));
+        t.map_if_absent(|| ring(&w)).unwrap();
+        assert_eq!(t.read(), Some(100));
         w.store(40, Ordering::Relaxed); // the holder writes it back
-        assert_eq!(t.sample(|| unreachable!()).unwrap(), Some(100));
+        assert_eq!(t.read(), Some(100));
         w.store(130, Ordering::Relaxed); // the kernel's next update
-        assert_eq!(t.sample(|| unreachable!()).unwrap(), Some(130));
+        assert_eq!(t.read(), Some(130));
     }
 
     #[test]
-    fn a_mapping_error_is_reported_and_retried() {
+    fn a_mapping_error_is_kept_until_a_retry_maps_the_ring() {
         let mut t = RingTotal::default();
-        assert!(t.sample(|| Err(io::Error::other("boom"))).is_err());
+        assert!(t.map_if_absent(|| Err(io::Error::other("boom"))).is_err());
+        assert_eq!((t.read(), t.error.as_deref()), (None, Some("boom")));
         let w = Arc::new(AtomicU32::new(3));
-        assert_eq!(t.sample(|| ring(&w)).unwrap(), Some(3));
+        t.map_if_absent(|| ring(&w)).unwrap();
+        assert_eq!((t.read(), t.error.as_deref()), (Some(3), None));
     }
 }

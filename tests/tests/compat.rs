@@ -167,6 +167,22 @@ fn a_client_of_version_1_0_gets_version_1_0_replies() {
         )
     };
     assert_eq!(rc, 0, "XDP_RX_RING: {}", std::io::Error::last_os_error());
+    // A session that negotiated status-traffic sees the ring counted (the
+    // broker maps new rings once a second)...
+    let current = RawPeer::connect(socket);
+    assert!(matches!(
+        current.call(&Request::Hello(Hello::current())),
+        Response::Hello(_)
+    ));
+    wait_until(
+        "the rx ring to be counted",
+        Duration::from_secs(10),
+        || match current.call(&Request::Status(Default::default())) {
+            Response::Status(s) => s.leases[0].sockets[0].rx_packets.map(drop),
+            other => panic!("{other:?}"),
+        },
+    );
+    // ... and the 1.0 session does not.
     match v1_call(&holder, r#"{"op":"status"}"#).0 {
         v1_0::Response::Status(s) => {
             assert_eq!(s.leases.len(), 1);

@@ -965,6 +965,10 @@ fn a_holder_cannot_break_status_through_its_rings() {
     step("waited");
     assert_eq!(step("rings")["ok"], true);
     step("wait");
+    // The broker maps new rings once a second.
+    wait_until("the broker to map the rings", READY, || {
+        (socket_mappings(broker.pid()) == 2).then_some(())
+    });
     check(Some(0), Some(0), 2);
     go();
     step("waited");

@@ -57,10 +57,7 @@ impl<K: Kernel> Broker<K> {
                             Ok(st) => (Some(st), None),
                             Err(e) => (None, Some(format!("getsockopt(XDP_STATISTICS): {e}"))),
                         };
-                        let moved = traffic
-                            .get(i)
-                            .map(|t| t.sample(&self.kernel, fd.as_fd()))
-                            .unwrap_or_default();
+                        let moved = traffic.get(i).map(|t| t.read()).unwrap_or_default();
                         SocketStatus {
                             queue_id: *q,
                             statistics,
@@ -76,10 +73,11 @@ impl<K: Kernel> Broker<K> {
             .collect()
     }
 
-    /// Read every leased socket's ring positions, so that the totals miss
-    /// no wrap of the kernel's `u32` positions between two status requests
-    /// (called every second by the watcher thread). Rings are read (and
-    /// mapped the first time they exist) without the broker's lock.
+    /// Map the rings leased sockets have created since the last call and
+    /// read every leased socket's ring positions, so that the totals miss no
+    /// wrap of the kernel's `u32` positions between two status requests
+    /// (called every second by the watcher thread; status only reads the
+    /// rings mapped here). Done without the broker's lock.
     pub fn sample_traffic(&self) {
         let sockets: Vec<(Arc<OwnedFd>, Arc<SocketTraffic>)> = {
             let inner = self.lock();

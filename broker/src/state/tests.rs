@@ -368,18 +368,22 @@ fn status_counts_ring_positions_from_creation_across_the_wrap() {
     let b = broker(&k);
     let lease = open(&b, req("eth0", 2, 0), peer(10, 1000)).unwrap();
     // No rings yet: no counts, no mapping, no error.
+    b.sample_traffic();
     assert_eq!(traffic(&b), vec![(0, None, None), (1, None, None)]);
     assert_eq!(k.ring_mappings(), 0);
     assert!(b.lease_status(None)[0].sockets[0].traffic_error.is_none());
     // Queue 0's holder creates both rings and moves traffic; queue 1's only
-    // an RX ring. Frames before the first reading count (rings start at 0).
+    // an RX ring. Status maps nothing itself: the tick maps the new rings,
+    // and frames before it count (rings start at 0).
     k.set_ring(ETH0, 0, Rx, 7);
     k.set_ring(ETH0, 0, Tx, 3);
     k.set_ring(ETH0, 1, Rx, 0);
-    assert_eq!(traffic(&b), vec![(0, Some(7), Some(3)), (1, Some(0), None)]);
+    assert_eq!(traffic(&b), vec![(0, None, None), (1, None, None)]);
+    b.sample_traffic();
     assert_eq!(k.ring_mappings(), 3);
+    assert_eq!(traffic(&b), vec![(0, Some(7), Some(3)), (1, Some(0), None)]);
     // The rx producer runs towards the u32 wrap and past it; the watcher's
-    // tick (sample_traffic) sees the steps between two status requests.
+    // tick sees the steps between two status requests.
     for pos in [1u32 << 30, 1 << 31, 3 << 30, u32::MAX - 1] {
         k.set_ring(ETH0, 0, Rx, pos);
         b.sample_traffic();
@@ -408,6 +412,7 @@ fn a_ring_that_cannot_be_mapped_is_named_and_status_goes_on() {
     let fd = k.world().map[&(ETH0, 0)];
     k.world().ring_errors.insert(fd, libc::ENOMEM);
     k.set_ring(ETH0, 1, Rx, 4);
+    b.sample_traffic();
     let st = b.lease_status(None);
     let s0 = &st[0].sockets[0];
     assert_eq!((s0.rx_packets, s0.tx_packets), (None, None));
@@ -418,8 +423,10 @@ fn a_ring_that_cannot_be_mapped_is_named_and_status_goes_on() {
     );
     assert!(s0.statistics.is_some(), "the statistics are still read");
     assert_eq!(st[0].sockets[1].rx_packets, Some(4));
-    // Once the kernel lets it, the ring is mapped.
+    // Once the kernel lets it, the ring is mapped and the error goes.
     k.world().ring_errors.clear();
     k.set_ring(ETH0, 0, Rx, 2);
+    b.sample_traffic();
     assert_eq!(traffic(&b)[0], (0, Some(2), None));
+    assert!(b.lease_status(None)[0].sockets[0].traffic_error.is_none());
 }
