@@ -289,4 +289,64 @@ mod tests {
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxyz  1\n");
     }
+
+    #[test]
+    fn the_socket_table_shows_packets_and_names_a_ring_it_cannot_read() {
+        use xsk_broker_protocol::{AttachMode, Holder, LeaseStatus, SocketStatus, XdpStatistics};
+        let sock = |queue_id, rx, tx, err: Option<&str>| SocketStatus {
+            queue_id,
+            statistics: Some(XdpStatistics::default()),
+            error: None,
+            rx_packets: rx,
+            tx_packets: tx,
+            traffic_error: err.map(str::to_owned),
+        };
+        let s = StatusReply {
+            server: "xsk-brokerd/0.1.0".into(),
+            pid: 1,
+            uptime_ms: 0,
+            leases: vec![LeaseStatus {
+                id: 4,
+                ifname: "eth0".into(),
+                ifindex: 2,
+                queues: vec![0, 1],
+                holder: Holder {
+                    pid: 9,
+                    uid: 65534,
+                    gid: 65534,
+                },
+                mode: AttachMode::Native,
+                program_id: 7,
+                age_ms: 0,
+                sockets: vec![
+                    sock(0, Some(123_456), Some(654_321), None),
+                    sock(1, None, None, Some("cannot map the rx ring: ENOMEM")),
+                ],
+            }],
+            omitted_leases: 0,
+            confinement: None,
+        };
+        let out = human(&s);
+        let header = out.lines().find(|l| l.contains("RX_PACKETS")).unwrap();
+        assert!(
+            header.contains("QUEUE  RX_PACKETS  TX_PACKETS  RX_DROPPED"),
+            "{out}"
+        );
+        let row = |q: &str| {
+            out.lines()
+                .filter(|l| l.starts_with("4 "))
+                .find(|l| l.split_whitespace().nth(2) == Some(q))
+                .unwrap_or_else(|| panic!("no row for queue {q}:\n{out}"))
+                .split_whitespace()
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("0"), ["123456", "654321"], "{out}");
+        assert_eq!(row("1"), ["-", "-"], "{out}");
+        assert!(
+            out.contains("lease 4 eth0 queue 1: cannot map the rx ring: ENOMEM"),
+            "{out}"
+        );
+    }
 }
