@@ -1,5 +1,6 @@
 //! What `status` and the metrics read: the lease table copied under the
-//! lock, the sockets' kernel statistics read after it is let go.
+//! lock, the sockets' kernel statistics and ring positions read after it is
+//! let go; and the once-a-second tick that maps new rings.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
