@@ -127,7 +127,8 @@ pub struct Args {
 
     /// Serve Prometheus text metrics (`GET /metrics` over HTTP) on this Unix
     /// socket: leases, grants, releases, refusals by error code and each
-    /// leased socket's XDP_STATISTICS. A stale socket file is replaced.
+    /// leased socket's frames received and sent and XDP_STATISTICS. A stale
+    /// socket file is replaced.
     #[arg(long, value_name = "PATH")]
     pub metrics_socket: Option<PathBuf>,
 

@@ -33,7 +33,11 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Show the confinement level, every lease and each leased socket's
-    /// XDP_STATISTICS.
+    /// frames received and sent and XDP_STATISTICS.
+    ///
+    /// RX_PACKETS and TX_PACKETS are the kernel's RX ring producer and TX ring
+    /// consumer of the socket, read by the broker ("-": the holder has not
+    /// created that ring).
     ///
     /// The confinement level says what the kernel enforces on the sockets the
     /// broker hands out: `interface` (a bind to another interface fails) or

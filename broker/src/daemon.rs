@@ -291,7 +291,8 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
     server::serve(control.listener, broker, policy).context("serving the control socket")
 }
 
-/// Once a second, end the leases of interfaces that have disappeared.
+/// Once a second, end the leases of interfaces that have disappeared and
+/// read the leased sockets' ring positions.
 fn spawn_interface_watcher(broker: Arc<state::Broker>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("xsk-ifwatch".into())
@@ -299,6 +300,7 @@ fn spawn_interface_watcher(broker: Arc<state::Broker>) -> std::io::Result<()> {
         .spawn(move || loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
             broker.reap_vanished_interfaces();
+            broker.sample_traffic();
         })
         .map(drop)
 }

@@ -15,6 +15,8 @@ use xsk_broker_protocol::{AttachMode, ConfinementLevel, XdpStatistics};
 
 use crate::confine::{Confinement, SocketGrant};
 use crate::probe::{self, QueueProbe, QueueUse};
+use crate::ring::{RingCursor, RingKind};
+use crate::traffic::RingPosition;
 use crate::xdp::{self, QueueCounts, XdpError, XskProgram};
 
 /// A kernel in memory for the unit tests.
@@ -85,6 +87,14 @@ pub trait Kernel: Send + Sync + 'static {
     fn retire_socket(&self, sock: BorrowedFd<'_>) -> io::Result<()>;
     /// A socket's kernel statistics.
     fn statistics(&self, sock: BorrowedFd<'_>) -> io::Result<XdpStatistics>;
+    /// Map, read-only, the position the kernel advances in `sock`'s `kind`
+    /// ring (RX producer, TX consumer); `Ok(None)` while the socket has no
+    /// such ring.
+    fn map_ring(
+        &self,
+        sock: BorrowedFd<'_>,
+        kind: RingKind,
+    ) -> io::Result<Option<Box<dyn RingPosition>>>;
     /// Pin a map fd at `path` on a bpffs.
     fn pin(&self, fd: BorrowedFd<'_>, path: &Path) -> io::Result<()>;
     /// What the kernel enforces on sockets handed out, where set up.
@@ -222,6 +232,14 @@ impl Kernel for RealKernel {
 
     fn statistics(&self, sock: BorrowedFd<'_>) -> io::Result<XdpStatistics> {
         xdp::xsk_statistics(sock)
+    }
+
+    fn map_ring(
+        &self,
+        sock: BorrowedFd<'_>,
+        kind: RingKind,
+    ) -> io::Result<Option<Box<dyn RingPosition>>> {
+        Ok(RingCursor::map(sock, kind)?.map(|c| Box::new(c) as Box<dyn RingPosition>))
     }
 
     fn pin(&self, fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {

@@ -2,8 +2,8 @@
 //! Unix socket and/or a loopback TCP port: `GET /metrics`.
 //!
 //! Counters since start (grants, releases, refusals by error code) and, read
-//! at scrape time, the leases, leased queues and each leased socket's kernel
-//! `XDP_STATISTICS`.
+//! at scrape time, the leases, leased queues and each leased socket's frames
+//! received and sent (its ring positions) and kernel `XDP_STATISTICS`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -146,6 +146,43 @@ pub fn render(snap: &Snapshot) -> String {
             |s| s.tx_ring_empty_descs,
         ),
     ];
+    type Moved = fn(&xsk_broker_protocol::SocketStatus) -> Option<u64>;
+    let moved: [(&str, &str, Moved); 2] = [
+        (
+            "xsk_broker_socket_rx_packets_total",
+            "Frames the kernel delivered to the socket's RX ring (its producer position).",
+            |s| s.rx_packets,
+        ),
+        (
+            "xsk_broker_socket_tx_packets_total",
+            "Descriptors the kernel took from the socket's TX ring for transmit (its consumer \
+             position; invalid ones included).",
+            |s| s.tx_packets,
+        ),
+    ];
+    for (name, help, get) in moved {
+        family(
+            &mut o,
+            name,
+            "counter",
+            &format!(
+                "{help} Per leased socket with that ring, since the holder created it; the ring \
+                 is shared with the holder, who can write this word between kernel updates."
+            ),
+        );
+        for l in leases {
+            for s in &l.sockets {
+                if let Some(n) = get(s) {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{ifname=\"{}\",queue=\"{}\"}} {n}",
+                        label(&l.ifname),
+                        s.queue_id
+                    );
+                }
+            }
+        }
+    }
     for (stat, help, get) in stats {
         let name = format!("xsk_broker_xdp_{stat}_total");
         family(

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 use xsk_broker_protocol::{
     decode_request, features, Channel, CopyMode, ErrorCode, ErrorReply, Event, EventKind,
-    HelloReply, OpenMapRequest, OpenRequest, Request, Response, StatusReply, TransportError,
-    MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    HelloReply, OpenMapRequest, OpenRequest, Request, Response, SocketStatus, StatusReply,
+    TransportError, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 use crate::kernel::Kernel;
@@ -408,6 +408,13 @@ impl Connection {
                 let mut reply = status_reply(&self.broker, only);
                 if !self.uses(features::STATUS_CONFINEMENT) {
                     reply.confinement = None;
+                }
+                if !self.uses(features::STATUS_TRAFFIC) {
+                    reply
+                        .leases
+                        .iter_mut()
+                        .flat_map(|l| l.sockets.iter_mut())
+                        .for_each(SocketStatus::without_traffic);
                 }
                 self.send(&Response::Status(reply), &[])
             }

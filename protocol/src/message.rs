@@ -107,8 +107,11 @@ pub mod features {
     /// The broker sends [`super::Response::Event`] messages (e.g. `revoked`)
     /// instead of an unsolicited error reply.
     pub const EVENTS: &str = "events";
+    /// `status` replies carry each socket's `rx_packets`, `tx_packets` (the
+    /// kernel's ring positions) and `traffic_error`.
+    pub const STATUS_TRAFFIC: &str = "status-traffic";
     /// Every feature this version understands.
-    pub const ALL: &[&str] = &[STATUS_CONFINEMENT, ERROR_CODES_2, EVENTS];
+    pub const ALL: &[&str] = &[STATUS_CONFINEMENT, ERROR_CODES_2, EVENTS, STATUS_TRAFFIC];
 }
 
 /// Ask for AF_XDP sockets on `queues` consecutive queues of `ifname`.
@@ -396,6 +399,32 @@ pub struct SocketStatus {
     /// Why the statistics could not be read, if they could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Frames the kernel delivered to the socket's RX ring since the ring
+    /// was created (its producer position, counted past the `u32` wrap);
+    /// absent while the holder has created no RX ring. Feature
+    /// [`features::STATUS_TRAFFIC`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_packets: Option<u64>,
+    /// Descriptors the kernel took from the socket's TX ring for transmit
+    /// since the ring was created (its consumer position; invalid
+    /// descriptors included, see `tx_invalid_descs`); absent while the
+    /// holder has created no TX ring. Feature [`features::STATUS_TRAFFIC`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_packets: Option<u64>,
+    /// Why a ring could not be mapped to read its position, if one could
+    /// not. Feature [`features::STATUS_TRAFFIC`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_error: Option<String>,
+}
+
+impl SocketStatus {
+    /// Drop what the feature [`features::STATUS_TRAFFIC`] adds, for a
+    /// session that did not negotiate it.
+    pub fn without_traffic(&mut self) {
+        self.rx_packets = None;
+        self.tx_packets = None;
+        self.traffic_error = None;
+    }
 }
 
 /// One lease in a [`StatusReply`].
@@ -1000,11 +1029,17 @@ mod tests {
                             ..Default::default()
                         }),
                         error: None,
+                        rx_packets: Some(1 << 33),
+                        tx_packets: Some(0),
+                        traffic_error: None,
                     },
                     SocketStatus {
                         queue_id: 1,
                         statistics: None,
                         error: Some("EBADF".into()),
+                        rx_packets: None,
+                        tx_packets: None,
+                        traffic_error: Some("cannot map the rx ring: EPERM".into()),
                     },
                 ],
             }],

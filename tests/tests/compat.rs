@@ -142,17 +142,54 @@ fn a_client_of_version_1_0_gets_version_1_0_replies() {
         other => panic!("{other:?}"),
     }
     let open = format!(r#"{{"op":"open","ifname":"{vanishing}","queues":1}}"#);
-    match v1_call(&holder, &open) {
+    let leased = match v1_call(&holder, &open) {
         (v1_0::Response::Opened(o), fds) => {
             assert_eq!(
                 (o.ifname.as_str(), o.sockets.len(), fds.len()),
                 (vanishing.as_str(), 1, 1)
             );
+            fds
         }
         other => panic!("{other:?}"),
-    }
+    };
+    // The holder creates an rx ring, whose producer this broker reads; a 1.0
+    // session still sees only the socket fields of 1.0.
+    let entries: u32 = 16;
+    // SAFETY: a leased AF_XDP socket this test holds; the value is a u32 on
+    // the stack that lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&leased[0]),
+            libc::SOL_XDP,
+            libc::XDP_RX_RING,
+            (&entries as *const u32).cast(),
+            4,
+        )
+    };
+    assert_eq!(rc, 0, "XDP_RX_RING: {}", std::io::Error::last_os_error());
+    // A session that negotiated status-traffic sees the ring counted (the
+    // broker maps new rings once a second)...
+    let current = RawPeer::connect(socket);
+    assert!(matches!(
+        current.call(&Request::Hello(Hello::current())),
+        Response::Hello(_)
+    ));
+    wait_until(
+        "the rx ring to be counted",
+        Duration::from_secs(10),
+        || match current.call(&Request::Status(Default::default())) {
+            Response::Status(s) => s.leases[0].sockets[0].rx_packets.map(drop),
+            other => panic!("{other:?}"),
+        },
+    );
+    // ... and the 1.0 session does not.
     match v1_call(&holder, r#"{"op":"status"}"#).0 {
-        v1_0::Response::Status(s) => assert_eq!(s.leases.len(), 1),
+        v1_0::Response::Status(s) => {
+            assert_eq!(s.leases.len(), 1);
+            let sock = s.leases[0]["sockets"][0].as_object().unwrap();
+            let keys: Vec<&str> = sock.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["queue_id", "statistics"], "{sock:?}");
+        }
         other => panic!("{other:?}"),
     }
     // Over --max-queues-per-uid: limit_reached for this broker, sent to a

@@ -666,3 +666,335 @@ fn broker_works_with_only_the_units_capabilities() {
     assert!(st.success());
     drop(broker);
 }
+
+/// A broker whose policy lets nobody lease the test bed's interface and no
+/// other, with metrics on a Unix socket: (test bed, broker dir, broker,
+/// metrics socket).
+fn narrow_broker_with_metrics(
+    queues: u32,
+) -> (Testbed, TempDir, BrokerProcess, std::path::PathBuf) {
+    let tb = Testbed::new(queues).unwrap();
+    let dir = TempDir::new("xsk-ops").unwrap();
+    let policy = dir.join("policy.json");
+    let rules = serde_json::json!({
+        "version": 1,
+        "rules": [{ "name": "only-the-test-bed", "users": ["nobody"], "interfaces": [tb.xsk_if] }]
+    });
+    std::fs::write(&policy, rules.to_string()).unwrap();
+    let msock = dir.join("metrics.sock");
+    let broker = BrokerProcess::spawn_with_args(
+        &tb.xsk,
+        dir.path(),
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--metrics-socket",
+            msock.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    (tb, dir, broker, msock)
+}
+
+fn scrape(msock: &std::path::Path) -> std::collections::BTreeMap<String, f64> {
+    let (status, _, body) = http(
+        std::os::unix::net::UnixStream::connect(msock).unwrap(),
+        "GET /metrics HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    parse_metrics(&body)
+}
+
+/// `status --json` at `socket`, as nobody (`unprivileged`) or root.
+fn status_as(socket: &std::path::Path, unprivileged: bool) -> Value {
+    let out = xsk_testbed::brokerctl(socket, &["status", "--json"], unprivileged)
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Per queue: (rx_packets, tx_packets) of the only lease in a status.
+fn moved(st: &Value) -> Vec<(u64, Option<u64>, Option<u64>)> {
+    let leases = st["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{st:#}");
+    leases[0]["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["queue_id"].as_u64().unwrap(),
+                s["rx_packets"].as_u64(),
+                s["tx_packets"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 15: status shows, for each leased socket, the frames the kernel
+/// delivered to its RX ring and took from its TX ring (read by the broker
+/// on its own copy of the socket, not reported by the holder). An
+/// unprivileged echo client (uid nobody, no capabilities, a policy that
+/// grants only this interface) echoes N datagrams: root, the holder's uid
+/// (`xsk-brokerctl status`, JSON and table) and the metrics all see at least
+/// N frames each way, the same numbers the client counted itself; the
+/// counters leave with the lease.
+#[test]
+fn status_counts_the_frames_each_leased_socket_moved() {
+    let test = "status_counts_the_frames_each_leased_socket_moved";
+    if !require_root(test) {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let (tb, _dir, broker, msock) = narrow_broker_with_metrics(2);
+    let sock = broker.socket_path();
+    let mut c = ClientProcess::spawn_on("echo", sock, &tb.xsk_if, 2, 0, &[]);
+    c.wait_event("ready", READY).unwrap();
+    let (nobody, _) = nobody_ids().unwrap();
+    assert_eq!(
+        xsk_testbed::proc_status_uid(c.pid()).unwrap(),
+        nobody.as_raw()
+    );
+    assert_eq!(
+        xsk_testbed::cap_eff(c.pid()).unwrap(),
+        0,
+        "the holder has no capabilities"
+    );
+    // The client has created its rings: counts are there (0 or the odd
+    // frame the peer's stack sent on its own).
+    let before = wait_until("the rings to be counted", READY, || {
+        let m = moved(&status_as(sock, false));
+        m.iter()
+            .all(|(_, rx, tx)| rx.is_some() && tx.is_some())
+            .then_some(m)
+    });
+    let total = |m: &[(u64, Option<u64>, Option<u64>)]| {
+        m.iter().fold((0, 0), |(r, t), (_, rx, tx)| {
+            (r + rx.unwrap(), t + tx.unwrap())
+        })
+    };
+    let (rx0, tx0) = total(&before);
+
+    const FLOWS: u16 = 16;
+    const PER_FLOW: u32 = 25;
+    let n = u64::from(FLOWS) * u64::from(PER_FLOW);
+    udp_roundtrip(&tb, FLOWS, PER_FLOW, Duration::from_secs(20))
+        .unwrap()
+        .verify()
+        .unwrap();
+
+    // Root sees the lease with its counts; so does the holder's uid.
+    let root = status_as(sock, false);
+    let after = moved(&root);
+    let (rx1, tx1) = total(&after);
+    eprintln!("{n} datagrams echoed: rx {rx0} -> {rx1}, tx {tx0} -> {tx1} ({after:?})");
+    assert!(
+        rx1 - rx0 >= n,
+        "rx {rx0} -> {rx1} after {n} datagrams: {root:#}"
+    );
+    assert!(
+        tx1 - tx0 >= n,
+        "tx {tx0} -> {tx1} after {n} echoes: {root:#}"
+    );
+    assert!(
+        after.iter().all(|(_, rx, _)| rx.unwrap() > 0),
+        "the flows reached both queues: {after:?}"
+    );
+    let tenant = status_as(sock, true);
+    let seen = moved(&tenant);
+    assert!(total(&seen).0 >= rx1 && total(&seen).1 >= tx1, "{tenant:#}");
+    assert_eq!(tenant["leases"][0]["holder"]["pid"], c.pid());
+
+    // The table shows the columns, and the metrics the same counts.
+    let table = xsk_testbed::brokerctl(sock, &["status"], true).unwrap();
+    assert!(
+        table.contains("RX_PACKETS") && table.contains("TX_PACKETS"),
+        "{table}"
+    );
+    let m = scrape(&msock);
+    for (q, rx, tx) in &after {
+        let series = |dir: &str| {
+            format!(
+                "xsk_broker_socket_{dir}_packets_total{{ifname=\"{}\",queue=\"{q}\"}}",
+                tb.xsk_if
+            )
+        };
+        let got_rx = m[&series("rx")] as u64;
+        let got_tx = m[&series("tx")] as u64;
+        assert!(
+            got_rx >= rx.unwrap() && got_tx >= tx.unwrap(),
+            "queue {q}: {m:?}"
+        );
+    }
+
+    // The traffic has stopped: the broker's counts are what the client
+    // itself received, and what it queued for transmit.
+    let last = moved(&status_as(sock, false));
+    let (done, status) = c.stop().unwrap();
+    assert!(status.success(), "{status}");
+    for q in done["queues"].as_array().unwrap() {
+        let qid = q["queue_id"].as_u64().unwrap();
+        let (_, rx, tx) = last.iter().find(|(id, _, _)| *id == qid).unwrap();
+        let own_rx = q["counters"]["rx_packets"].as_u64().unwrap();
+        let own_tx = q["counters"]["tx_packets"].as_u64().unwrap();
+        // A frame may arrive between the last status and the client's exit.
+        assert!(
+            rx.unwrap() <= own_rx && own_rx - rx.unwrap() <= 2,
+            "queue {qid}: broker rx {rx:?}, client {own_rx}"
+        );
+        assert!(
+            tx.unwrap() <= own_tx && own_tx - tx.unwrap() <= 2,
+            "queue {qid}: broker tx {tx:?}, client {own_tx}"
+        );
+    }
+
+    // The lease is gone, and its counters with it.
+    wait_until("the lease to leave the status", READY, || {
+        status_as(sock, false)["leases"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    let m = scrape(&msock);
+    assert!(
+        !m.keys().any(|k| k.starts_with("xsk_broker_socket_")),
+        "{m:?}"
+    );
+    assert_eq!(
+        socket_mappings(broker.pid()),
+        0,
+        "the broker unmapped the rings"
+    );
+}
+
+/// How many mappings of sockets (AF_XDP rings) process `pid` holds.
+fn socket_mappings(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("socket:["))
+        .count()
+}
+
+/// A hostile holder (uid nobody, no capabilities) plays with its socket's
+/// rings: none at first, then rings of one entry, then it writes its own
+/// RX producer word (backwards, then forwards), then closes its fds while
+/// keeping the lease. The broker's status and metrics keep answering
+/// throughout: no counts before the rings exist, a step backwards is not
+/// counted, and the holder can only ever inflate its own socket's count.
+/// When the lease ends the broker holds no mapping of the socket.
+#[test]
+fn a_holder_cannot_break_status_through_its_rings() {
+    use std::io::Write as _;
+    let test = "a_holder_cannot_break_status_through_its_rings";
+    if !require_root(test) {
+        return;
+    }
+    let _lock = serial_guard().unwrap();
+    let (tb, _dir, broker, msock) = narrow_broker_with_metrics(1);
+    let sock = broker.socket_path();
+    let mut cmd = Command::new(workspace_bin("xsk-attack").unwrap());
+    cmd.arg("--socket").arg(sock);
+    for step in [
+        "whoami",
+        "open",
+        &tb.xsk_if,
+        "0",
+        "wait",
+        "rings",
+        "1",
+        "1",
+        "wait",
+        "scribble",
+        "4000000000",
+        "wait",
+        "scribble",
+        "1000",
+        "wait",
+        "close-sockets",
+        "wait",
+    ] {
+        cmd.arg(step);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = xsk_testbed::spawn_unprivileged(&mut cmd).unwrap();
+    let lines = xsk_testbed::line_reader(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let step = |want: &str| -> Value {
+        let line = lines
+            .recv_timeout(READY)
+            .unwrap_or_else(|e| panic!("xsk-attack printed nothing for {want}: {e}"));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["step"], want, "{v}");
+        v
+    };
+    let who = step("whoami");
+    let (nobody, _) = nobody_ids().unwrap();
+    assert_eq!(who["uid"], nobody.as_raw().to_string(), "{who}");
+    assert_eq!(who["cap_eff"], "0000000000000000", "{who}");
+    assert_eq!(step("open")["ok"], true);
+    let socket = |st: &Value| st["leases"][0]["sockets"][0].clone();
+    let check = |want_rx: Option<u64>, want_tx: Option<u64>, maps: usize| {
+        for unprivileged in [false, true] {
+            let st = status_as(sock, unprivileged);
+            let s = socket(&st);
+            assert_eq!(s["queue_id"], 0, "{st:#}");
+            assert_eq!(s["rx_packets"].as_u64(), want_rx, "{st:#}");
+            assert_eq!(s["tx_packets"].as_u64(), want_tx, "{st:#}");
+            assert!(s.get("traffic_error").is_none(), "{st:#}");
+        }
+        let m = scrape(&msock);
+        let rx = format!(
+            "xsk_broker_socket_rx_packets_total{{ifname=\"{}\",queue=\"0\"}}",
+            tb.xsk_if
+        );
+        assert_eq!(m.get(&rx).map(|v| *v as u64), want_rx, "{m:?}");
+        assert_eq!(
+            socket_mappings(broker.pid()),
+            maps,
+            "mappings of the socket"
+        );
+    };
+    let mut go = || stdin.write_all(b"go\n").unwrap();
+
+    step("wait");
+    check(None, None, 0);
+    go();
+    step("waited");
+    assert_eq!(step("rings")["ok"], true);
+    step("wait");
+    // The broker maps new rings once a second.
+    wait_until("the broker to map the rings", READY, || {
+        (socket_mappings(broker.pid()) == 2).then_some(())
+    });
+    check(Some(0), Some(0), 2);
+    go();
+    step("waited");
+    assert_eq!(step("scribble")["ok"], true);
+    step("wait");
+    check(Some(0), Some(0), 2);
+    go();
+    step("waited");
+    assert_eq!(step("scribble")["ok"], true);
+    step("wait");
+    check(Some(1000), Some(0), 2);
+    go();
+    step("waited");
+    assert_eq!(step("close-sockets")["closed"], 1);
+    step("wait");
+    check(Some(1000), Some(0), 2);
+
+    // The holder goes: the lease ends, and the broker unmaps its rings.
+    let _ = child.kill();
+    let _ = child.wait();
+    wait_until("the lease to end", READY, || {
+        status_as(sock, false)["leases"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    assert_eq!(socket_mappings(broker.pid()), 0);
+}

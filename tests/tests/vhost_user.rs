@@ -347,6 +347,8 @@ fn run_with(test: &str, queues: u32, via: Via, append: &str) -> Option<Ran> {
     );
     let up = qemu.wait_line("NET-IPERF up", GUEST_TIMEOUT);
     let down = qemu.wait_line("NET-IPERF down", GUEST_TIMEOUT);
+    // Read while the backend still holds the lease (QEMU runs).
+    let during = status(&broker);
     let rxirq = qemu.wait_line("NET-RXIRQ", GUEST_TIMEOUT);
     let exit = qemu.wait_line("GUEST-EXIT", GUEST_TIMEOUT);
     let (qst, qerr) = qemu.wait_exit(Duration::from_secs(60));
@@ -382,6 +384,33 @@ fn run_with(test: &str, queues: u32, via: Via, append: &str) -> Option<Ran> {
     );
     assert!(done["rx_packets"].as_u64().unwrap() > 1000, "{done}");
     assert!(done["tx_packets"].as_u64().unwrap() > 1000, "{done}");
+    // Issue 15: status showed the frames the backend's sockets moved, as
+    // the kernel counts them in their rings (not as the backend says).
+    let sum = |name: &str| -> u64 {
+        let socks = during["leases"][0]["sockets"].as_array().unwrap();
+        assert_eq!(socks.len(), queues as usize, "{during:#}");
+        socks
+            .iter()
+            .map(|s| {
+                s[name]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no {name} in {s}"))
+            })
+            .sum()
+    };
+    let (rx, tx) = (sum("rx_packets"), sum("tx_packets"));
+    eprintln!(
+        "status during the run: rx_packets {rx}, tx_packets {tx}; the backend's own count at \
+         the end: rx {}, tx {}",
+        done["rx_packets"], done["tx_packets"]
+    );
+    assert!(rx > 1000 && tx > 1000, "rx {rx}, tx {tx}: {during:#}");
+    // Read before the end, they cannot exceed what the backend handled in
+    // all (in a quiet run they are equal).
+    assert!(
+        rx <= done["rx_packets"].as_u64().unwrap() && tx <= done["tx_packets"].as_u64().unwrap(),
+        "rx {rx}, tx {tx}: {done}"
+    );
     wait_until(
         "the XDP program to be detached after the backend exited",
         Duration::from_secs(10),

@@ -1,7 +1,8 @@
 //! `xsk-brokerctl`: ask a running `xsk-brokerd` what it is doing.
 //!
 //! `xsk-brokerctl status` prints every lease (interface, queues, holder,
-//! XDP mode, program id, age) and each leased socket's kernel statistics
+//! XDP mode, program id, age) and each leased socket's frames received and
+//! sent (the kernel's RX and TX ring positions) and kernel statistics
 //! (`XDP_STATISTICS`), as tables or, with `--json`, as one JSON object.
 
 use std::os::unix::net::UnixStream;
@@ -183,13 +184,24 @@ fn human(s: &StatusReply) -> String {
         &leases,
     ));
     let mut sockets = Vec::new();
+    let mut notes = String::new();
+    // A ring the holder has not created (or an older broker): "-".
+    let packets = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for l in &s.leases {
         for sock in &l.sockets {
             let mut row = vec![
                 l.id.to_string(),
                 l.ifname.clone(),
                 sock.queue_id.to_string(),
+                packets(sock.rx_packets),
+                packets(sock.tx_packets),
             ];
+            if let Some(e) = &sock.traffic_error {
+                notes.push_str(&format!(
+                    "lease {} {} queue {}: {e}\n",
+                    l.id, l.ifname, sock.queue_id
+                ));
+            }
             match (&sock.statistics, &sock.error) {
                 (Some(st), _) => row.extend(
                     [
@@ -216,6 +228,8 @@ fn human(s: &StatusReply) -> String {
             "LEASE",
             "INTERFACE",
             "QUEUE",
+            "RX_PACKETS",
+            "TX_PACKETS",
             "RX_DROPPED",
             "RX_INVALID_DESCS",
             "TX_INVALID_DESCS",
@@ -225,6 +239,7 @@ fn human(s: &StatusReply) -> String {
         ],
         &sockets,
     ));
+    out.push_str(&notes);
     out
 }
 
@@ -273,5 +288,65 @@ mod tests {
         assert_eq!(duration(90_000_000), "1d 1h");
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxyz  1\n");
+    }
+
+    #[test]
+    fn the_socket_table_shows_packets_and_names_a_ring_it_cannot_read() {
+        use xsk_broker_protocol::{AttachMode, Holder, LeaseStatus, SocketStatus, XdpStatistics};
+        let sock = |queue_id, rx, tx, err: Option<&str>| SocketStatus {
+            queue_id,
+            statistics: Some(XdpStatistics::default()),
+            error: None,
+            rx_packets: rx,
+            tx_packets: tx,
+            traffic_error: err.map(str::to_owned),
+        };
+        let s = StatusReply {
+            server: "xsk-brokerd/0.1.0".into(),
+            pid: 1,
+            uptime_ms: 0,
+            leases: vec![LeaseStatus {
+                id: 4,
+                ifname: "eth0".into(),
+                ifindex: 2,
+                queues: vec![0, 1],
+                holder: Holder {
+                    pid: 9,
+                    uid: 65534,
+                    gid: 65534,
+                },
+                mode: AttachMode::Native,
+                program_id: 7,
+                age_ms: 0,
+                sockets: vec![
+                    sock(0, Some(123_456), Some(654_321), None),
+                    sock(1, None, None, Some("cannot map the rx ring: ENOMEM")),
+                ],
+            }],
+            omitted_leases: 0,
+            confinement: None,
+        };
+        let out = human(&s);
+        let header = out.lines().find(|l| l.contains("RX_PACKETS")).unwrap();
+        assert!(
+            header.contains("QUEUE  RX_PACKETS  TX_PACKETS  RX_DROPPED"),
+            "{out}"
+        );
+        let row = |q: &str| {
+            out.lines()
+                .filter(|l| l.starts_with("4 "))
+                .find(|l| l.split_whitespace().nth(2) == Some(q))
+                .unwrap_or_else(|| panic!("no row for queue {q}:\n{out}"))
+                .split_whitespace()
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("0"), ["123456", "654321"], "{out}");
+        assert_eq!(row("1"), ["-", "-"], "{out}");
+        assert!(
+            out.contains("lease 4 eth0 queue 1: cannot map the rx ring: ENOMEM"),
+            "{out}"
+        );
     }
 }

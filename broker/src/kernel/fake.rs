@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use xsk_broker_protocol::{AttachMode, ConfinementLevel, XdpStatistics};
 use super::{Kernel, Program};
 use crate::confine::SocketGrant;
 use crate::probe::QueueUse;
+use crate::ring::RingKind;
+use crate::traffic::RingPosition;
 use crate::xdp::{QueueCounts, XdpError};
 
 /// One interface of the fake kernel.
@@ -54,6 +57,12 @@ pub struct World {
     pub alive: HashMap<i32, Vec<OwnedFd>>,
     /// Pins made (maps and programs).
     pub pins: HashSet<std::path::PathBuf>,
+    /// The rings sockets have, by the socket's fd number: the position the
+    /// kernel advances (RX producer, TX consumer). Each mapping the broker
+    /// holds is a clone of the `Arc`.
+    pub rings: HashMap<(i32, RingKind), Arc<AtomicU32>>,
+    /// Sockets whose rings cannot be mapped, with the errno.
+    pub ring_errors: HashMap<i32, i32>,
     next_id: u32,
 }
 
@@ -104,6 +113,26 @@ impl FakeKernel {
         let mut w = self.world();
         w.processes.remove(&pid);
         w.alive.remove(&pid);
+    }
+
+    /// The holder of queue `queue` of `ifindex` moves its `kind` ring to
+    /// `pos` (creating it the first time).
+    pub fn set_ring(&self, ifindex: u32, queue: u32, kind: RingKind, pos: u32) {
+        let mut w = self.world();
+        let fd = w.map[&(ifindex, queue)];
+        w.rings
+            .entry((fd, kind))
+            .or_default()
+            .store(pos, Ordering::Relaxed);
+    }
+
+    /// How many ring mappings the broker holds.
+    pub fn ring_mappings(&self) -> usize {
+        self.world()
+            .rings
+            .values()
+            .map(|r| Arc::strong_count(r) - 1)
+            .sum()
     }
 
     /// The world, locked.
@@ -276,6 +305,20 @@ impl Kernel for FakeKernel {
         Ok(XdpStatistics::default())
     }
 
+    fn map_ring(
+        &self,
+        sock: BorrowedFd<'_>,
+        kind: RingKind,
+    ) -> io::Result<Option<Box<dyn RingPosition>>> {
+        let w = self.world();
+        if let Some(errno) = w.ring_errors.get(&sock.as_raw_fd()) {
+            return Err(io::Error::from_raw_os_error(*errno));
+        }
+        Ok(w.rings
+            .get(&(sock.as_raw_fd(), kind))
+            .map(|r| Box::new(FakeRing(Arc::clone(r))) as Box<dyn RingPosition>))
+    }
+
     fn pin(&self, _fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
         std::fs::write(path, b"")?;
         self.world().pins.insert(path.to_owned());
@@ -302,5 +345,14 @@ impl Kernel for FakeKernel {
 
     fn start_time(&self, pid: i32) -> Option<u64> {
         self.world().processes.get(&pid).copied()
+    }
+}
+
+/// A ring mapping of the fake kernel.
+struct FakeRing(Arc<AtomicU32>);
+
+impl RingPosition for FakeRing {
+    fn load(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
     }
 }

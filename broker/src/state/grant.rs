@@ -448,6 +448,7 @@ impl<K: Kernel> Broker<K> {
                 peer,
                 granted: Instant::now(),
                 sockets: lease.sockets.clone(),
+                traffic: lease.sockets.iter().map(|_| Arc::default()).collect(),
                 map_queues,
                 revocation: Arc::clone(&lease.revocation),
                 kind,

@@ -23,6 +23,7 @@ use crate::kernel::{Kernel, RealKernel};
 use crate::limits::{Connections, Limits};
 use crate::persist::{LeaseKind, StateDir};
 use crate::stats::Counters;
+use crate::traffic::SocketTraffic;
 
 mod grant;
 mod map;
@@ -207,6 +208,9 @@ struct LeaseRecord {
     peer: Peer,
     granted: Instant,
     sockets: Vec<LeasedSocket>,
+    /// The frames each socket moved, in the order of `sockets`; its ring
+    /// mappings go with the record when the lease ends.
+    traffic: Vec<Arc<SocketTraffic>>,
     /// Queues the broker holds no socket of: a map lease's, or those of a
     /// lease restored from the state file after a restart.
     map_queues: Vec<u32>,

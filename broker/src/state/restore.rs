@@ -137,6 +137,7 @@ impl<K: Kernel> Broker<K> {
                             peer,
                             granted: Instant::now(),
                             sockets: Vec::new(),
+                            traffic: Vec::new(),
                             map_queues: l.queues.clone(),
                             kind: l.kind,
                             start_time: l.start_time,

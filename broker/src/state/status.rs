@@ -1,13 +1,16 @@
 //! What `status` and the metrics read: the lease table copied under the
-//! lock, the sockets' kernel statistics read after it is let go.
+//! lock, the sockets' kernel statistics and ring positions read after it is
+//! let go; and the once-a-second tick that maps new rings.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use xsk_broker_protocol::{AttachMode, Holder, LeaseStatus, SocketStatus};
 
 use super::{Broker, LeasedSocket};
 use crate::kernel::{Kernel, Program};
 use crate::stats::{Snapshot, SnapshotSource};
+use crate::traffic::SocketTraffic;
 
 impl<K: Kernel> Broker<K> {
     /// Every lease, oldest first, with each socket's kernel statistics read
@@ -16,7 +19,7 @@ impl<K: Kernel> Broker<K> {
     pub fn lease_status(&self, only_uid: Option<u32>) -> Vec<LeaseStatus> {
         // The table is copied under the lock; the sockets' statistics are
         // read after it is let go, so a status never holds up a grant.
-        let snapshot: Vec<(LeaseStatus, Vec<LeasedSocket>)> = {
+        let snapshot: Vec<(LeaseStatus, Vec<LeasedSocket>, Vec<Arc<SocketTraffic>>)> = {
             let inner = self.lock();
             inner
                 .leases
@@ -40,31 +43,59 @@ impl<K: Kernel> Broker<K> {
                             .unwrap_or(u64::MAX),
                         sockets: Vec::new(),
                     };
-                    (status, rec.sockets.clone())
+                    (status, rec.sockets.clone(), rec.traffic.clone())
                 })
                 .collect()
         };
         snapshot
             .into_iter()
-            .map(|(mut status, sockets)| {
+            .map(|(mut status, sockets, traffic)| {
                 status.sockets = sockets
                     .iter()
-                    .map(|(q, fd)| match self.kernel.statistics(fd.as_fd()) {
-                        Ok(st) => SocketStatus {
+                    .enumerate()
+                    .map(|(i, (q, fd))| {
+                        let (statistics, error) = match self.kernel.statistics(fd.as_fd()) {
+                            Ok(st) => (Some(st), None),
+                            Err(e) => (None, Some(format!("getsockopt(XDP_STATISTICS): {e}"))),
+                        };
+                        let moved = traffic.get(i).map(|t| t.read()).unwrap_or_default();
+                        SocketStatus {
                             queue_id: *q,
-                            statistics: Some(st),
-                            error: None,
-                        },
-                        Err(e) => SocketStatus {
-                            queue_id: *q,
-                            statistics: None,
-                            error: Some(format!("getsockopt(XDP_STATISTICS): {e}")),
-                        },
+                            statistics,
+                            error,
+                            rx_packets: moved.rx_packets,
+                            tx_packets: moved.tx_packets,
+                            traffic_error: moved.error,
+                        }
                     })
                     .collect();
                 status
             })
             .collect()
+    }
+
+    /// Map the rings leased sockets have created since the last call and
+    /// read every leased socket's ring positions, so that the totals miss no
+    /// wrap of the kernel's `u32` positions between two status requests
+    /// (called every second by the watcher thread; status only reads the
+    /// rings mapped here). Done without the broker's lock.
+    pub fn sample_traffic(&self) {
+        let sockets: Vec<(Arc<OwnedFd>, Arc<SocketTraffic>)> = {
+            let inner = self.lock();
+            inner
+                .leases
+                .values()
+                .flat_map(|rec| {
+                    rec.sockets
+                        .iter()
+                        .zip(&rec.traffic)
+                        .map(|((_, fd), t)| (Arc::clone(fd), Arc::clone(t)))
+                })
+                .collect()
+        };
+        for (fd, traffic) in sockets {
+            traffic.sample(&self.kernel, fd.as_fd());
+        }
     }
 
     /// Number of interfaces with the program attached and queues leased,

@@ -351,3 +351,82 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The packets each socket moved, as status reports them: `(queue, rx, tx)`.
+fn traffic(b: &Broker<FakeKernel>) -> Vec<(u32, Option<u64>, Option<u64>)> {
+    b.lease_status(None)
+        .iter()
+        .flat_map(|l| l.sockets.iter())
+        .map(|s| (s.queue_id, s.rx_packets, s.tx_packets))
+        .collect()
+}
+
+#[test]
+fn status_counts_ring_positions_from_creation_across_the_wrap() {
+    use crate::ring::RingKind::{Rx, Tx};
+    let k = kernel();
+    let b = broker(&k);
+    let lease = open(&b, req("eth0", 2, 0), peer(10, 1000)).unwrap();
+    // No rings yet: no counts, no mapping, no error.
+    b.sample_traffic();
+    assert_eq!(traffic(&b), vec![(0, None, None), (1, None, None)]);
+    assert_eq!(k.ring_mappings(), 0);
+    assert!(b.lease_status(None)[0].sockets[0].traffic_error.is_none());
+    // Queue 0's holder creates both rings and moves traffic; queue 1's only
+    // an RX ring. Status maps nothing itself: the tick maps the new rings,
+    // and frames before it count (rings start at 0).
+    k.set_ring(ETH0, 0, Rx, 7);
+    k.set_ring(ETH0, 0, Tx, 3);
+    k.set_ring(ETH0, 1, Rx, 0);
+    assert_eq!(traffic(&b), vec![(0, None, None), (1, None, None)]);
+    b.sample_traffic();
+    assert_eq!(k.ring_mappings(), 3);
+    assert_eq!(traffic(&b), vec![(0, Some(7), Some(3)), (1, Some(0), None)]);
+    // The rx producer runs towards the u32 wrap and past it; the watcher's
+    // tick sees the steps between two status requests.
+    for pos in [1u32 << 30, 1 << 31, 3 << 30, u32::MAX - 1] {
+        k.set_ring(ETH0, 0, Rx, pos);
+        b.sample_traffic();
+    }
+    k.set_ring(ETH0, 0, Rx, 5);
+    k.set_ring(ETH0, 0, Tx, 10);
+    assert_eq!(
+        traffic(&b),
+        vec![(0, Some((1 << 32) + 5), Some(10)), (1, Some(0), None)]
+    );
+    // A holder that writes its producer word back gains nothing.
+    k.set_ring(ETH0, 0, Rx, 1);
+    assert_eq!(traffic(&b)[0].1, Some((1 << 32) + 5));
+    // Release unmaps every ring and the lease leaves the status.
+    drop(lease);
+    assert_eq!(k.ring_mappings(), 0);
+    assert!(traffic(&b).is_empty());
+}
+
+#[test]
+fn a_ring_that_cannot_be_mapped_is_named_and_status_goes_on() {
+    use crate::ring::RingKind::Rx;
+    let k = kernel();
+    let b = broker(&k);
+    let _lease = open(&b, req("eth0", 2, 0), peer(10, 1000)).unwrap();
+    let fd = k.world().map[&(ETH0, 0)];
+    k.world().ring_errors.insert(fd, libc::ENOMEM);
+    k.set_ring(ETH0, 1, Rx, 4);
+    b.sample_traffic();
+    let st = b.lease_status(None);
+    let s0 = &st[0].sockets[0];
+    assert_eq!((s0.rx_packets, s0.tx_packets), (None, None));
+    let e = s0.traffic_error.as_deref().unwrap();
+    assert!(
+        e.contains("cannot map the rx ring") && e.contains("cannot map the tx ring"),
+        "{e}"
+    );
+    assert!(s0.statistics.is_some(), "the statistics are still read");
+    assert_eq!(st[0].sockets[1].rx_packets, Some(4));
+    // Once the kernel lets it, the ring is mapped and the error goes.
+    k.world().ring_errors.clear();
+    k.set_ring(ETH0, 0, Rx, 2);
+    b.sample_traffic();
+    assert_eq!(traffic(&b)[0], (0, Some(2), None));
+    assert!(b.lease_status(None)[0].sockets[0].traffic_error.is_none());
+}

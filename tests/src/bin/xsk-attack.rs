@@ -16,6 +16,11 @@
 //!                                socket's umem (needs two leased queues: open ... 2)
 //!   bind-device IFINDEX          try to re-point the leased socket at another interface
 //!                                (setsockopt SO_BINDTOIFINDEX)
+//!   rings RX TX                  create the leased socket's rx and tx rings with RX and TX
+//!                                entries (0: leave that ring out), without a umem or bind
+//!   scribble POS                 write POS into the rx ring's producer word through this
+//!                                process's own mapping (the word the kernel advances)
+//!   close-sockets                close this process's leased socket fds (the lease stays)
 //!   release                      send release on the connection
 //!   status                       send status and print how many leases it shows
 //!   whoami                       print the process's uid and CapEff (from /proc/self/status)
@@ -37,6 +42,7 @@ use xsk_broker_protocol::{
 
 const SOL_XDP: libc::c_int = 283;
 const XDP_RX_RING: libc::c_int = 2;
+const XDP_TX_RING: libc::c_int = 3;
 const XDP_UMEM_REG: libc::c_int = 4;
 const XDP_UMEM_FILL_RING: libc::c_int = 5;
 const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
@@ -135,6 +141,57 @@ fn register_umem(fd: RawFd) -> std::io::Result<()> {
     setsockopt_u32(fd, XDP_UMEM_FILL_RING, FRAMES as u32)?;
     setsockopt_u32(fd, XDP_UMEM_COMPLETION_RING, FRAMES as u32)?;
     setsockopt_u32(fd, XDP_RX_RING, FRAMES as u32)
+}
+
+/// Write `pos` into the rx ring's producer word of `fd`, through a mapping
+/// of this process's own (read-write, as every holder maps its rings).
+fn scribble(fd: RawFd, pos: u32) -> std::io::Result<()> {
+    // SAFETY: xdp_mmap_offsets is plain old data; all-zero is valid.
+    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+    // SAFETY: `off` is writable for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            libc::XDP_MMAP_OFFSETS,
+            (&mut off as *mut libc::xdp_mmap_offsets).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let page = 4096;
+    // SAFETY: a new shared mapping of the socket's rx ring; checked below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            libc::XDP_PGOFF_RX_RING,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    if off.rx.producer + 4 > page as u64 {
+        return Err(std::io::Error::other(
+            "the producer is not in the first page",
+        ));
+    }
+    // SAFETY: the producer word is 4-aligned inside the page just mapped;
+    // a volatile write, as the kernel reads it concurrently.
+    unsafe {
+        std::ptr::write_volatile(
+            p.cast::<u8>().add(off.rx.producer as usize).cast::<u32>(),
+            pos,
+        );
+        libc::munmap(p, page);
+    }
+    Ok(())
 }
 
 fn bind_xsk(fd: RawFd, ifindex: u32, queue: u32, flags: u16, shared: u32) -> std::io::Result<()> {
@@ -260,6 +317,33 @@ impl Attacker {
                         bind_xsk(fd, self.ifindex, queue, XDP_SHARED_UMEM, owner as u32)
                     });
                 result("bind-shared", r, json!({"queue": queue}))
+            }
+            "rings" => {
+                let (rx, tx) = (num(next("RX")?)?, num(next("TX")?)?);
+                let fd = self.first_socket()?;
+                let r = (if rx > 0 {
+                    setsockopt_u32(fd, XDP_RX_RING, rx)
+                } else {
+                    Ok(())
+                })
+                .and_then(|()| {
+                    if tx > 0 {
+                        setsockopt_u32(fd, XDP_TX_RING, tx)
+                    } else {
+                        Ok(())
+                    }
+                });
+                result("rings", r, json!({"rx": rx, "tx": tx}))
+            }
+            "scribble" => {
+                let pos = num(next("POS")?)?;
+                let fd = self.first_socket()?;
+                result("scribble", scribble(fd, pos), json!({"pos": pos}))
+            }
+            "close-sockets" => {
+                let n = self.sockets.len();
+                self.sockets.clear();
+                json!({"step": "close-sockets", "ok": true, "closed": n})
             }
             "release" => match self.call(&Request::Release)? {
                 (Response::Released { queues }, _) => {
