@@ -68,8 +68,8 @@ pub use packet::{
     IPV4_HLEN, UDP_FRAME_OVERHEAD, UDP_HLEN,
 };
 pub use peer::{
-    roundtrip_payload, send_udp, send_udp_to, udp_roundtrip, udp_roundtrip_to, RoundTrip,
-    DEFAULT_DST_PORT, FLOW_SRC_PORT_BASE,
+    roundtrip_payload, send_udp, send_udp_to, spread_over_queues, udp_roundtrip, udp_roundtrip_to,
+    RoundTrip, DEFAULT_DST_PORT, FLOW_SRC_PORT_BASE, SPREAD_MIN,
 };
 pub use procfd::{proc_fds, proc_socket_domain};
 pub use testbed::{xdp_attachments_from_link_json, Testbed, XdpMode, PEER_IP, XSK_IP};

@@ -82,6 +82,25 @@ fn send_retry(
     }
 }
 
+/// What each rx queue of the xsk end gets at least from [`spread_over_queues`].
+pub const SPREAD_MIN: u64 = 32;
+
+/// Make sure traffic from the peer reaches every one of the xsk end's `queues` rx
+/// queues: 64 UDP flows (distinct source ports, so distinct hashes and veth TX queues
+/// on the peer) of 4 datagrams each to the xsk side's address. A few TCP streams are
+/// not enough: each lands on one queue, so with two queues four streams all land on
+/// the same one one time in eight. Here a queue gets fewer than [`SPREAD_MIN`]
+/// datagrams only if fewer than 8 of the 64 flows hash to it (about 3e-10 with two
+/// queues). With one queue it sends nothing.
+pub fn spread_over_queues(tb: &Testbed, queues: u32) -> Result<()> {
+    if queues < 2 {
+        return Ok(());
+    }
+    send_udp(tb, 64, 4, |flow, seq| {
+        format!("xsk-broker test: spread flow {flow} seq {seq}").into_bytes()
+    })
+}
+
 /// [`send_udp_to`] with destination port [`DEFAULT_DST_PORT`].
 pub fn send_udp(
     tb: &Testbed,
