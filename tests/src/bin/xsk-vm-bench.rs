@@ -563,7 +563,30 @@ fn run_guest(bed: &Bed, a: &Args, backend: Backend, extra: Extra, tag: &str) -> 
             Proc::new(&format!("qemu ({})", backend.name()), child)
         }
     };
-    let result = phases_of(bed, a, backend, extra, tag, qemu, backend_proc, deadline);
+    let mut result = phases_of(
+        bed,
+        a,
+        backend,
+        extra,
+        tag,
+        qemu,
+        &mut backend_proc,
+        deadline,
+    );
+    if let (Err(e), Some(p)) = (&result, backend_proc.as_mut()) {
+        // The backend's side of a failure.
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        let err = p
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        result = Err(anyhow!(
+            "{e:#}\nxsk-vhost-user output:\n{}\nstderr:\n{err}",
+            p.seen.join("\n")
+        ));
+    }
     if enslaved {
         tb.xsk.ip(["link", "set", &tb.xsk_if, "nomaster"])?;
     }
@@ -578,7 +601,7 @@ fn phases_of(
     extra: Extra,
     tag: &str,
     mut qemu: Proc,
-    mut backend_proc: Option<Proc>,
+    backend_proc: &mut Option<Proc>,
     deadline: Instant,
 ) -> Result<Vec<Value>> {
     let tb = &bed.tb;
