@@ -30,6 +30,9 @@
 //! packet the peer sent or received. With `--profile`, one more
 //! vhost-user-q10 and af-xdp run under `perf record -a -g` during tcp-up and tcp-down.
 //!
+//! `--msix` gives the NIC of the QEMU 10 backends MSI-X (stock QEMU 7.2
+//! keeps INTx: it crashes starting a vhost-user NIC with MSI-X under TCG).
+//!
 //! Results: one JSON line per phase in `OUT/results.jsonl`, the summary in
 //! `OUT/summary.json`, perf output in `OUT/`. `scripts/bench-vm` builds and
 //! runs it. Root only; not a test.
@@ -104,10 +107,11 @@ struct Args {
     out: PathBuf,
     count: bool,
     profile: bool,
+    msix: bool,
 }
 
 const USAGE: &str = "xsk-vm-bench [--rounds N] [--seconds S] [--udp-len BYTES] \
-[--backends vhost-user,vhost-user-q10,af-xdp,tap,tap-q10] [--qemu10 PATH] [--out DIR] [--count] [--profile]";
+[--backends vhost-user,vhost-user-q10,af-xdp,tap,tap-q10] [--qemu10 PATH] [--out DIR] [--count] [--profile] [--msix]";
 
 fn parse_args() -> Result<Args> {
     let root = repo_root();
@@ -126,6 +130,7 @@ fn parse_args() -> Result<Args> {
         out: root.join("target/bench-vm"),
         count: false,
         profile: false,
+        msix: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -133,6 +138,7 @@ fn parse_args() -> Result<Args> {
         match k.as_str() {
             "--count" => a.count = true,
             "--profile" => a.profile = true,
+            "--msix" => a.msix = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -398,7 +404,8 @@ impl Bed {
 
     /// QEMU's arguments: the same machine, guest and NIC options for every
     /// backend but the `-netdev` (and, for vhost-user, its chardev).
-    fn qemu_args(&self, netdev: &[String], phases: &str, seconds: u32, udplen: u32) -> Vec<String> {
+    fn qemu_args(&self, netdev: &[String], phases: &str, a: &Args, msix: bool) -> Vec<String> {
+        let (seconds, udplen) = (a.seconds, a.udplen);
         let g = self.guest.display();
         let mut v: Vec<String> = [
             // Thread names ("CPU 0/TCG"), for the CPU accounting.
@@ -445,9 +452,11 @@ impl Bed {
         // `vectors=0` (INTx) for every backend: Debian's QEMU 7.2 crashes
         // starting a vhost-user NIC with MSI-X under TCG (see
         // tests/tests/vhost_user.rs), and the guest must be the same.
+        // `--msix` gives the QEMU 10 backends MSI-X instead.
+        let vectors = if msix { "" } else { "vectors=0," };
         v.extend([
             "-device".to_owned(),
-            format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC},vectors=0,romfile="),
+            format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC},{vectors}romfile="),
         ]);
         v
     }
@@ -466,6 +475,7 @@ enum Extra {
 fn run_guest(bed: &Bed, a: &Args, backend: Backend, extra: Extra, tag: &str) -> Result<Vec<Value>> {
     let tb = &bed.tb;
     let phases = PHASES.join(",");
+    let msix = a.msix && !matches!(backend, Backend::VhostUser | Backend::Tap);
     let _iperf = Killed(
         tb.peer
             .exec_command(["iperf3", "-s", "-B", &PEER_IP.to_string()])
@@ -508,7 +518,7 @@ fn run_guest(bed: &Bed, a: &Args, backend: Backend, extra: Extra, tag: &str) -> 
             } else {
                 bed.qemu10.as_path()
             });
-            cmd.args(bed.qemu_args(&netdev, &phases, a.seconds, a.udplen));
+            cmd.args(bed.qemu_args(&netdev, &phases, a, msix));
             Proc::new(
                 &format!("qemu ({})", backend.name()),
                 spawn_unprivileged(piped(&mut cmd))?,
@@ -536,7 +546,7 @@ fn run_guest(bed: &Bed, a: &Args, backend: Backend, extra: Extra, tag: &str) -> 
                     tb.xsk_if
                 ),
             ];
-            argv.extend(bed.qemu_args(&netdev, &phases, a.seconds, a.udplen));
+            argv.extend(bed.qemu_args(&netdev, &phases, a, msix));
             let child = tb.xsk.enter_thread(|| {
                 let mut cmd = Command::new(&bed.client_bin);
                 cmd.args(&argv);
@@ -556,7 +566,7 @@ fn run_guest(bed: &Bed, a: &Args, backend: Backend, extra: Extra, tag: &str) -> 
             } else {
                 bed.qemu10.clone()
             };
-            let args = bed.qemu_args(&netdev, &phases, a.seconds, a.udplen);
+            let args = bed.qemu_args(&netdev, &phases, a, msix);
             let child = tb
                 .xsk
                 .enter_thread(|| piped(Command::new(&bin).args(&args)).spawn())??;
