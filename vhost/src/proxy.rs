@@ -7,11 +7,13 @@
 //! drops the connection; without protocol features QEMU 7.2 crashes instead
 //! (in `msix_set_vector_notifiers`). QEMU sends the enable again after
 //! `SET_FEATURES`. QEMU does not send them again after `SET_FEATURES`, so the
-//! relay holds the early ones (they ask for no reply: this backend offers no
-//! `REPLY_ACK`), the last per ring, and passes them on right after
-//! `SET_FEATURES`; everything else goes through unchanged, file descriptors
-//! included. It also counts the rings the VMM stops (`GET_VRING_BASE`: at
-//! each device stop, e.g. a guest resetting its NIC, and when it quits).
+//! relay holds the early ones, the last per ring, and passes them on right
+//! after `SET_FEATURES`; everything else goes through unchanged, file
+//! descriptors included. QEMU 7.2 asks for no reply to them; QEMU 10.0 does
+//! (`NEED_REPLY`: the library always offers `REPLY_ACK`) and waits for it, so
+//! the relay acknowledges those itself and passes them on without the flag.
+//! It also counts the rings the VMM stops (`GET_VRING_BASE`: at each device
+//! stop, e.g. a guest resetting its NIC, and when it quits).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::Shutdown;
@@ -24,6 +26,8 @@ const SET_FEATURES: u32 = 2;
 const GET_VRING_BASE: u32 = 11;
 const SET_VRING_ENABLE: u32 = 18;
 const NEED_REPLY: u32 = 0x8;
+const VERSION: u32 = 0x1;
+const REPLY: u32 = 0x4;
 /// No vhost-user message this backend takes is larger.
 const MAX_PAYLOAD: usize = 64 * 1024;
 
@@ -112,10 +116,24 @@ fn forward(vmm: &UnixStream, lib: &UnixStream) -> std::io::Result<Relayed> {
         if !recv_exact(vmm.as_raw_fd(), &mut payload[..size], &mut fds)? {
             return Ok(seen);
         }
-        if req == SET_VRING_ENABLE && !features_set && flags & NEED_REPLY == 0 && size == 8 {
+        if req == SET_VRING_ENABLE && !features_set && size == 8 {
             let mut m = [0u8; 20];
             m[..12].copy_from_slice(&hdr);
             m[12..].copy_from_slice(&payload[..8]);
+            if flags & NEED_REPLY != 0 {
+                // QEMU 10 asks for a reply (the library always offers
+                // REPLY_ACK) and waits for it: acknowledge here, and pass
+                // the message on later without the flag, so the library
+                // does not answer it a second time. Nothing else writes to
+                // the VMM now: before SET_FEATURES the library only answers
+                // requests the VMM waits for.
+                m[4..8].copy_from_slice(&(flags & !NEED_REPLY).to_le_bytes());
+                let mut ack = [0u8; 20];
+                ack[..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+                ack[4..8].copy_from_slice(&(VERSION | REPLY).to_le_bytes());
+                ack[8..12].copy_from_slice(&8u32.to_le_bytes());
+                send_all(vmm, &ack)?;
+            }
             let index = u32::from_le_bytes(m[12..16].try_into().unwrap());
             held.insert(index, m);
             seen.early_enables += 1;
