@@ -345,11 +345,11 @@ fn run_with(test: &str, queues: u32, via: Via, append: &str) -> Option<Ran> {
         "{ping}\n{}",
         qemu.seen.join("\n")
     );
-    spread_over_queues(&tb, queues).expect("sending 64 UDP flows from the peer");
+    spread_over_queues(tb, queues).expect("sending 64 UDP flows from the peer");
     let up = qemu.wait_line("NET-IPERF up", GUEST_TIMEOUT);
     let down = qemu.wait_line("NET-IPERF down", GUEST_TIMEOUT);
     // Read while the backend still holds the lease (QEMU runs).
-    let during = status(&broker);
+    let during = status(broker);
     let rxirq = qemu.wait_line("NET-RXIRQ", GUEST_TIMEOUT);
     let exit = qemu.wait_line("GUEST-EXIT", GUEST_TIMEOUT);
     let (qst, qerr) = qemu.wait_exit(Duration::from_secs(60));
