@@ -222,3 +222,47 @@ pub fn net_guest() -> &'static Path {
         g.dir().to_path_buf()
     })
 }
+
+/// The networking guest's address on the test bed's subnet (the xsk end has
+/// .1, the peer .2).
+pub const NET_GUEST_IP: &str = "198.18.0.3";
+/// The networking guest NIC's MAC address.
+pub const NET_GUEST_MAC: &str = "52:54:00:00:00:03";
+
+/// The QEMU arguments that boot the networking guest in `dir` (from
+/// [`net_guest`]) the same way for every test and benchmark: no default
+/// devices, no display, the serial console on stdio, no reboot, Debian's
+/// firmware (`-L`: the +ds QEMU source has none), the kernel and initramfs,
+/// and a command line that runs tests/guest/qemu-net.sh with
+/// [`NET_GUEST_IP`], the peer [`crate::PEER_IP`] and `extra` (more `net.*=`
+/// words). Machine, memory and NIC options are the caller's.
+pub fn net_guest_boot_args(dir: &Path, extra: &str) -> Vec<String> {
+    let d = dir.display();
+    let mut v: Vec<String> = [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-L",
+        "/usr/share/seabios",
+        "-L",
+        "/usr/share/qemu",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    v.extend([
+        "-kernel".to_owned(),
+        format!("{d}/vmlinuz"),
+        "-initrd".to_owned(),
+        format!("{d}/initrd.img"),
+        "-append".to_owned(),
+        format!(
+            "console=ttyS0 panic=-1 quiet guest.run=/guest/qemu-net.sh \
+             net.ip={NET_GUEST_IP}/24 net.peer={} {extra}",
+            crate::PEER_IP
+        ),
+    ]);
+    v
+}

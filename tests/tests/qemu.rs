@@ -17,18 +17,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, net_guest, nobody_ids, proc_status_uid, require_root, serial_guard,
-    spawn_nobody_with_caps, spread_over_queues, wait_until, workspace_bin, BpfFs, BrokerProcess,
-    LineProc, TempDir, Testbed, GUEST_CRASHED, PEER_IP, SPREAD_MIN,
+    brokerctl, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid, require_root,
+    serial_guard, spawn_nobody_with_caps, spread_over_queues, wait_until, workspace_bin, BpfFs,
+    BrokerProcess, LineProc, TempDir, Testbed, GUEST_CRASHED, NET_GUEST_MAC as GUEST_MAC, PEER_IP,
+    SPREAD_MIN,
 };
 
 const CAP_NET_RAW: u32 = 13;
 const CAP_IPC_LOCK: u32 = 14;
 
-/// The guest's address on the test bed's subnet (the xsk end has .1, the peer .2).
-const GUEST_IP: &str = "198.18.0.3";
-/// The guest NIC's MAC address.
-const GUEST_MAC: &str = "52:54:00:00:00:03";
 /// How long one guest may take: boot, ping and two iperf3 runs under TCG on a
 /// busy 2-core machine.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -201,32 +198,18 @@ fn command_line(l: &Launch) -> Vec<String> {
     } else {
         String::new()
     };
+    argv.extend([
+        "-smp".into(),
+        l.queues.to_string(),
+        "-m".into(),
+        "256".into(),
+    ]);
+    argv.extend(net_guest_boot_args(
+        Path::new(l.guest),
+        &format!("net.streams={}", l.streams),
+    ));
     argv.extend(
         [
-            "-smp",
-            &l.queues.to_string(),
-            "-m",
-            "256",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-L",
-            "/usr/share/seabios",
-            "-L",
-            "/usr/share/qemu",
-            "-kernel",
-            &format!("{}/vmlinuz", l.guest),
-            "-initrd",
-            &format!("{}/initrd.img", l.guest),
-            "-append",
-            &format!(
-                "console=ttyS0 panic=-1 quiet guest.run=/guest/qemu-net.sh \
-                 net.ip={GUEST_IP}/24 net.peer={PEER_IP} net.streams={}",
-                l.streams
-            ),
             "-netdev",
             &format!(
                 "af-xdp,id=net0,ifname={},queues={},start-queue={{start-queue}},\

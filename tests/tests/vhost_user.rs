@@ -20,17 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, net_guest, nobody_ids, proc_status_uid, require_root, serial_guard,
-    spawn_unprivileged, spread_over_queues, wait_until, workspace_bin, BrokerProcess, LineProc,
-    TempDir, Testbed, PEER_IP, SPREAD_MIN,
+    brokerctl, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid, require_root,
+    serial_guard, spawn_unprivileged, spread_over_queues, wait_until, workspace_bin, BrokerProcess,
+    LineProc, TempDir, Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP, SPREAD_MIN,
 };
 
 /// Debian's QEMU (package qemu-system-x86).
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
-/// The guest's address on the test bed's subnet (the xsk end has .1, the peer .2).
-const GUEST_IP: &str = "198.18.0.3";
-/// The guest NIC's MAC address.
-const GUEST_MAC: &str = "52:54:00:00:00:03";
 /// Boot, ping and two iperf3 runs under TCG on a busy 2-core machine.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -85,7 +81,7 @@ fn qemu_args(guest: &Path, sock: &Path, queues: u32, append: &str) -> Vec<String
     } else {
         ",vectors=0"
     };
-    [
+    let mut v: Vec<String> = [
         "-accel",
         "tcg",
         "-cpu",
@@ -98,25 +94,6 @@ fn qemu_args(guest: &Path, sock: &Path, queues: u32, append: &str) -> Vec<String
         "memory-backend-memfd,id=mem,size=256M,share=on",
         "-numa",
         "node,memdev=mem",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-L",
-        "/usr/share/seabios",
-        "-L",
-        "/usr/share/qemu",
-        "-kernel",
-        &format!("{}/vmlinuz", guest.display()),
-        "-initrd",
-        &format!("{}/initrd.img", guest.display()),
-        "-append",
-        &format!(
-            "console=ttyS0 panic=-1 quiet guest.run=/guest/qemu-net.sh \
-             net.ip={GUEST_IP}/24 net.peer={PEER_IP} net.streams={queues} {append}"
-        ),
         "-chardev",
         &format!("socket,id=c0,path={}", sock.display()),
         "-netdev",
@@ -125,7 +102,12 @@ fn qemu_args(guest: &Path, sock: &Path, queues: u32, append: &str) -> Vec<String
         &format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{mq},romfile="),
     ]
     .map(str::to_owned)
-    .to_vec()
+    .to_vec();
+    v.extend(net_guest_boot_args(
+        guest,
+        &format!("net.streams={queues} {append}"),
+    ));
+    v
 }
 
 /// The next JSON line of `p` whose `event` is `name`.

@@ -48,17 +48,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use xsk_testbed::{
-    line_reader, net_guest, nobody_ids, serial_guard, spawn_nobody_with_caps, spawn_unprivileged,
-    workspace_bin, BrokerProcess, TempDir, Testbed, PEER_IP,
+    line_reader, net_guest, net_guest_boot_args, nobody_ids, serial_guard, spawn_nobody_with_caps,
+    spawn_unprivileged, workspace_bin, BrokerProcess, TempDir, Testbed, NET_GUEST_MAC as GUEST_MAC,
+    PEER_IP,
 };
 
 const CAP_IPC_LOCK: u32 = 14;
 /// Debian's QEMU (package qemu-system-x86).
 const STOCK_QEMU: &str = "/usr/bin/qemu-system-x86_64";
-/// The guest's address on the test bed's subnet.
-const GUEST_IP: &str = "198.18.0.3";
-/// The guest NIC's MAC address.
-const GUEST_MAC: &str = "52:54:00:00:00:03";
 /// The tap and bridge of the tap runs (in the test bed's xsk namespace).
 const TAP: &str = "vmbtap0";
 const BRIDGE: &str = "vmbbr0";
@@ -406,7 +403,6 @@ impl Bed {
     /// backend but the `-netdev` (and, for vhost-user, its chardev).
     fn qemu_args(&self, netdev: &[String], phases: &str, a: &Args, msix: bool) -> Vec<String> {
         let (seconds, udplen) = (a.seconds, a.udplen);
-        let g = self.guest.display();
         let mut v: Vec<String> = [
             // Thread names ("CPU 0/TCG"), for the CPU accounting.
             "-name",
@@ -423,31 +419,13 @@ impl Bed {
             "memory-backend-memfd,id=mem,size=256M,share=on",
             "-numa",
             "node,memdev=mem",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-L",
-            "/usr/share/seabios",
-            "-L",
-            "/usr/share/qemu",
         ]
         .map(str::to_owned)
         .to_vec();
-        v.extend([
-            "-kernel".to_owned(),
-            format!("{g}/vmlinuz"),
-            "-initrd".to_owned(),
-            format!("{g}/initrd.img"),
-            "-append".to_owned(),
-            format!(
-                "console=ttyS0 panic=-1 quiet guest.run=/guest/qemu-net.sh \
-                 net.ip={GUEST_IP}/24 net.peer={PEER_IP} net.seconds={seconds} \
-                 net.bench={phases} net.udplen={udplen}"
-            ),
-        ]);
+        v.extend(net_guest_boot_args(
+            &self.guest,
+            &format!("net.seconds={seconds} net.bench={phases} net.udplen={udplen}"),
+        ));
         v.extend(netdev.iter().cloned());
         // `vectors=0` (INTx) for every backend: Debian's QEMU 7.2 crashes
         // starting a vhost-user NIC with MSI-X under TCG (see
