@@ -118,6 +118,9 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         return control_socket(&args, activation).map(|_| ());
     }
     let permitted = privs::check()?;
+    // Its spare fd is opened now, before any socket is ready: the fd table
+    // a client (or a leak check) sees stays as it is.
+    let accept_failures = server::AcceptFailures::new();
     let policy = match &args.policy {
         Some(path) => policy::Policy::load(path)?,
         None => policy::Policy::root_only(),
@@ -288,7 +291,8 @@ pub fn run(args: Args, activation: activation::Activation) -> Result<()> {
         })
         .context("starting the signal thread")?;
 
-    server::serve(control.listener, broker, policy).context("serving the control socket")
+    server::serve(control.listener, broker, policy, accept_failures)
+        .context("serving the control socket")
 }
 
 /// Once a second, end the leases of interfaces that have disappeared and

@@ -17,13 +17,15 @@ use crate::peercred::peer_of;
 use crate::policy::{Ask, Identity, Policy};
 use crate::state::{Broker, Lease, Peer};
 
-/// Accept connections forever.
+/// Accept connections forever. `failures` is made before the socket is
+/// ready ([`AcceptFailures::new`] opens its spare fd), so that the broker's fd
+/// table does not change after clients can connect.
 pub fn serve(
     listener: UnixListener,
     broker: Arc<Broker>,
     policy: Arc<Policy>,
+    mut failures: AcceptFailures,
 ) -> std::io::Result<()> {
-    let mut failures = AcceptFailures::new();
     loop {
         let (stream, _) = match listener.accept() {
             Ok(c) => c,
@@ -60,7 +62,7 @@ const ACCEPT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(
 
 /// Logs `accept` failures as what they are, at most once per
 /// [`ACCEPT_REPORT_EVERY`], counting the ones in between.
-struct AcceptFailures {
+pub struct AcceptFailures {
     last: Option<std::time::Instant>,
     suppressed: u64,
     /// An fd kept open to be given up when the fd table is full, so that
@@ -68,8 +70,15 @@ struct AcceptFailures {
     spare: Option<std::fs::File>,
 }
 
+impl Default for AcceptFailures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AcceptFailures {
-    fn new() -> Self {
+    /// No failure yet; opens the spare fd (`/dev/null`).
+    pub fn new() -> Self {
         AcceptFailures {
             last: None,
             suppressed: 0,
