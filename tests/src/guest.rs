@@ -266,3 +266,36 @@ pub fn net_guest_boot_args(dir: &Path, extra: &str) -> Vec<String> {
     ]);
     v
 }
+
+/// `scripts/build-qemu FLAVOR` (`sock-fds`: QEMU 10.0 from Debian trixie's
+/// source with the af-xdp and vhost-user netdevs; `map-path`: 10.1+ from sid):
+/// the path of that QEMU, built once and cached under target/qemu. Its
+/// progress goes to stderr. Panics (a test helper: the test fails) when it
+/// cannot be built.
+pub fn built_qemu(flavor: &str) -> PathBuf {
+    let script = repo_root().join("scripts/build-qemu");
+    let started = Instant::now();
+    let out = Command::new(&script)
+        .arg(flavor)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} {flavor} failed ({}):\n{stdout}",
+        script.display(),
+        out.status
+    );
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        path.is_file(),
+        "build-qemu {flavor} printed no QEMU path:\n{stdout}"
+    );
+    eprintln!(
+        "qemu {flavor}: {} (ready after {:.1}s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    path
+}

@@ -60,8 +60,8 @@ pub use capture::Capture;
 pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
 pub use guest::{
-    guest_crashed, guest_unavailable, net_guest, net_guest_boot_args, require_guest, Guest,
-    GuestSpec, NET_GUEST_IP, NET_GUEST_MAC,
+    built_qemu, guest_crashed, guest_unavailable, net_guest, net_guest_boot_args, require_guest,
+    Guest, GuestSpec, NET_GUEST_IP, NET_GUEST_MAC,
 };
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use lines::{LineProc, GUEST_CRASHED};

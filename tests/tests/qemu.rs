@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid, require_root,
-    serial_guard, spawn_nobody_with_caps, spread_over_queues, wait_until, workspace_bin, BpfFs,
-    BrokerProcess, LineProc, TempDir, Testbed, GUEST_CRASHED, NET_GUEST_MAC as GUEST_MAC, PEER_IP,
-    SPREAD_MIN,
+    brokerctl, built_qemu, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid,
+    require_root, serial_guard, spawn_nobody_with_caps, spread_over_queues, wait_until,
+    workspace_bin, BpfFs, BrokerProcess, LineProc, TempDir, Testbed, GUEST_CRASHED,
+    NET_GUEST_MAC as GUEST_MAC, PEER_IP, SPREAD_MIN,
 };
 
 const CAP_NET_RAW: u32 = 13;
@@ -36,36 +36,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
-}
-
-/// `scripts/build-qemu FLAVOR`: the path of that QEMU, built once and cached.
-/// Panics (the test fails) when it cannot be built.
-fn qemu(flavor: &str) -> PathBuf {
-    let script = repo_root().join("scripts/build-qemu");
-    let started = Instant::now();
-    let out = Command::new(&script)
-        .arg(flavor)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{} {flavor} failed ({}):\n{stdout}",
-        script.display(),
-        out.status
-    );
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "build-qemu {flavor} printed no QEMU path:\n{stdout}"
-    );
-    eprintln!(
-        "qemu {flavor}: {} (ready after {:.1}s)",
-        path.display(),
-        started.elapsed().as_secs_f64()
-    );
-    path
 }
 
 /// The guest: [`net_guest`].
@@ -91,7 +61,7 @@ fn prepare(test: &str, flavor: &str) -> Option<PathBuf> {
     if !require_root(test) {
         return None;
     }
-    let bin = qemu(flavor);
+    let bin = built_qemu(flavor);
     guest();
     Some(bin)
 }

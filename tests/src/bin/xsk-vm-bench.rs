@@ -123,7 +123,7 @@ fn parse_args() -> Result<Args> {
             Backend::Tap,
             Backend::TapQ10,
         ],
-        qemu10: root.join("target/qemu-bench/sock-fds/bin/qemu-system-x86_64"),
+        qemu10: root.join("target/qemu/sock-fds/bin/qemu-system-x86_64"),
         out: root.join("target/bench-vm"),
         count: false,
         profile: false,
