@@ -31,7 +31,6 @@ use serde_json::json;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 use xsk_client::{BrokerClient, OpenRequest, SocketConfig, XskSocket};
 
 /// Frames of 2 KiB in all umems together: 8 MiB, the common memlock limit,
@@ -386,9 +385,9 @@ fn serve(
             handlers.len()
         );
     }
-    let ev = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
     for (i, h) in handlers.iter().enumerate() {
-        h.register_listener(backend.socket_fd(i), ev, backend.socket_event())
+        backend
+            .attach(i, h)
             .with_context(|| format!("polling the AF_XDP socket of queue pair {i}"))?;
     }
     drop(handlers);

@@ -15,11 +15,12 @@
 
 use std::io;
 use std::num::Wrapping;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
@@ -65,6 +66,14 @@ struct Pair {
     /// Frames dropped: guest buffers too small, chains malformed or frames
     /// too long.
     dropped: u64,
+    /// The epoll of the worker serving this pair (the current VMM
+    /// connection's daemon), where the socket is registered; weak, since
+    /// the handler holds the backend.
+    poller: Weak<VringEpollHandler<NetBackend>>,
+    /// Whether the socket's readable events wake the worker. Off while the
+    /// guest has no receive buffer (frames wait in the AF_XDP rx ring, the
+    /// kernel drops what does not fit) until its next rx kick.
+    rx_armed: bool,
 }
 
 struct Inner {
@@ -89,6 +98,8 @@ impl NetBackend {
                     sock,
                     scratch: vec![[0u8; MAX_FRAME]; BATCH].into_boxed_slice(),
                     dropped: 0,
+                    poller: Weak::new(),
+                    rx_armed: false,
                 })
             })
             .collect();
@@ -110,10 +121,20 @@ impl NetBackend {
         2 * self.pairs() as u64 + 1
     }
 
-    /// The socket of queue pair `i`, for registering with its worker.
-    pub fn socket_fd(&self, i: usize) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.0.pairs[i].lock().unwrap().sock.as_raw_fd()
+    /// Register the socket of queue pair `i` with `handler`, the epoll of
+    /// the worker that serves it on this VMM connection: readable and
+    /// writable, edge-triggered. The worker later drops and restores the
+    /// readable interest itself (see [`Pair::set_rx_interest`]).
+    pub fn attach(&self, i: usize, handler: &Arc<VringEpollHandler<NetBackend>>) -> io::Result<()> {
+        let pair = self.0.pairs.get(i).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("no queue pair {i}"))
+        })?;
+        let mut pair = pair.lock().unwrap();
+        let fd = pair.sock.as_raw_fd();
+        handler.register_listener(fd, interest(true), self.socket_event())?;
+        pair.poller = Arc::downgrade(handler);
+        pair.rx_armed = true;
+        Ok(())
     }
 
     /// Counters per pair: (rx_packets, tx_packets, dropped); zeros for a
@@ -130,6 +151,55 @@ impl NetBackend {
                 Err(_) => (0, 0, 0),
             })
             .collect()
+    }
+}
+
+/// The socket's epoll interest: writable always (transmits that waited for
+/// ring space or free frames), readable when `rx`.
+fn interest(rx: bool) -> EventSet {
+    let ev = EventSet::OUT | EventSet::EDGE_TRIGGERED;
+    if rx {
+        ev | EventSet::IN
+    } else {
+        ev
+    }
+}
+
+impl Pair {
+    /// Start or stop being woken by the socket's readable events, by
+    /// re-registering it with the worker's epoll (the library offers add
+    /// and delete only). Registering checks the socket's state at once, so
+    /// re-arming brings one wake-up if frames wait; the caller drains the
+    /// ring anyway. A no-op once the daemon is gone.
+    fn set_rx_interest(&mut self, rx: bool, event: u64) -> io::Result<()> {
+        if self.rx_armed == rx {
+            return Ok(());
+        }
+        let Some(h) = self.poller.upgrade() else {
+            return Ok(());
+        };
+        let fd: RawFd = self.sock.as_raw_fd();
+        h.unregister_listener(fd, interest(self.rx_armed), event)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "epoll: dropping the AF_XDP socket of queue {}: {e}",
+                        self.sock.queue_id()
+                    ),
+                )
+            })?;
+        h.register_listener(fd, interest(rx), event).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "epoll: adding the AF_XDP socket of queue {}: {e}",
+                    self.sock.queue_id()
+                ),
+            )
+        })?;
+        self.rx_armed = rx;
+        Ok(())
     }
 }
 
@@ -226,8 +296,20 @@ impl VhostUserBackend for NetBackend {
         if is_sock || ev % 2 == 1 {
             transmit(&mut pair, txq, &mem)?;
         }
-        if is_sock || ev % 2 == 0 {
+        if ev % 2 == 0 {
+            // An rx kick (or the ring just enabled): the guest posted
+            // buffers. Hear the socket again, then drain what waited in the
+            // rx ring meanwhile (it brought no edge while unheard).
+            pair.set_rx_interest(true, self.socket_event())?;
             receive(&mut pair, rxq, &mem)?;
+        } else if is_sock && pair.rx_armed {
+            // The socket woke us (it may be writable only, after we stopped
+            // hearing it). Out of guest buffers: stop hearing the socket's
+            // readable events until the guest kicks the rx queue (it will:
+            // `receive` enabled its notifications before giving up).
+            if receive(&mut pair, rxq, &mem)? == Rx::NoBuffers {
+                pair.set_rx_interest(false, self.socket_event())?;
+            }
         }
         Ok(())
     }
@@ -266,11 +348,22 @@ fn usable(vring: &VringRwLock) -> bool {
     st.is_enabled() && st.get_queue().ready()
 }
 
+/// Why [`receive`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rx {
+    /// The rx queue is not set up or not enabled.
+    Unusable,
+    /// The AF_XDP rx ring is empty.
+    Drained,
+    /// The guest has no receive buffer left (its notifications are on).
+    NoBuffers,
+}
+
 /// Move frames from the AF_XDP rx ring into the guest's receive buffers,
 /// as many as both sides have, signalling the guest as event-idx says.
-fn receive(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()> {
+fn receive(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<Rx> {
     if !usable(vring) {
-        return Ok(());
+        return Ok(Rx::Unusable);
     }
     let mem = atomic.memory();
     let mut st = vring.get_mut();
@@ -278,7 +371,7 @@ fn receive(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()>
         let q = st.get_queue_mut();
         // Out of guest buffers: frames wait in the AF_XDP rx ring meanwhile.
         let Some(max) = next_batch(q, &mem)? else {
-            break;
+            return Ok(Rx::NoBuffers);
         };
         let mut dropped = 0u64;
         let mut err = None;
@@ -341,10 +434,9 @@ fn receive(pair: &mut Pair, vring: &VringRwLock, atomic: &Mem) -> io::Result<()>
         if got < max {
             // The AF_XDP rx ring is empty: the socket's next readable edge
             // brings us back.
-            break;
+            return Ok(Rx::Drained);
         }
     }
-    Ok(())
 }
 
 /// Where one guest tx frame is.
