@@ -229,6 +229,29 @@ pub const NET_GUEST_IP: &str = "198.18.0.3";
 /// The networking guest NIC's MAC address.
 pub const NET_GUEST_MAC: &str = "52:54:00:00:00:03";
 
+/// The QEMU machine of the vhost-user tests and the VM benchmark: TCG (KVM
+/// guests hang on the test machine; `-cx16`: QEMU's TCG now and then
+/// corrupts a cmpxchg16b-using kernel), `smp` vCPUs, and 256 MiB of shared
+/// memory (`memory-backend-memfd,share=on`), which a vhost-user backend maps.
+pub fn tcg_shared_memory_machine_args(smp: u32) -> Vec<String> {
+    [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-cx16",
+        "-smp",
+        &smp.to_string(),
+        "-m",
+        "256",
+        "-object",
+        "memory-backend-memfd,id=mem,size=256M,share=on",
+        "-numa",
+        "node,memdev=mem",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// The QEMU arguments that boot the networking guest in `dir` (from
 /// [`net_guest`]) the same way for every test and benchmark: no default
 /// devices, no display, the serial console on stdio, no reboot, Debian's

@@ -61,7 +61,7 @@ pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAME
 pub use cmd::run_command;
 pub use guest::{
     built_qemu, guest_crashed, guest_unavailable, net_guest, net_guest_boot_args, require_guest,
-    Guest, GuestSpec, NET_GUEST_IP, NET_GUEST_MAC,
+    tcg_shared_memory_machine_args, Guest, GuestSpec, NET_GUEST_IP, NET_GUEST_MAC,
 };
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use lines::{LineProc, GUEST_CRASHED};

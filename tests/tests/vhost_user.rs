@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use xsk_testbed::{
     brokerctl, built_qemu, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid,
-    require_root, serial_guard, spawn_unprivileged, spread_over_queues, wait_until, workspace_bin,
-    BrokerProcess, LineProc, TempDir, Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP, SPREAD_MIN,
+    require_root, serial_guard, spawn_unprivileged, spread_over_queues,
+    tcg_shared_memory_machine_args, wait_until, workspace_bin, BrokerProcess, LineProc, TempDir,
+    Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP, SPREAD_MIN,
 };
 
 /// Debian's QEMU (package qemu-system-x86).
@@ -81,28 +82,18 @@ fn qemu_args(guest: &Path, sock: &Path, queues: u32, append: &str) -> Vec<String
     } else {
         ",vectors=0"
     };
-    let mut v: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max,-cx16",
-        "-smp",
-        &queues.to_string(),
-        "-m",
-        "256",
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-numa",
-        "node,memdev=mem",
-        "-chardev",
-        &format!("socket,id=c0,path={}", sock.display()),
-        "-netdev",
-        &format!("vhost-user,id=n0,chardev=c0,queues={queues}"),
-        "-device",
-        &format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{mq},romfile="),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut v = tcg_shared_memory_machine_args(queues);
+    v.extend(
+        [
+            "-chardev",
+            &format!("socket,id=c0,path={}", sock.display()),
+            "-netdev",
+            &format!("vhost-user,id=n0,chardev=c0,queues={queues}"),
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{mq},romfile="),
+        ]
+        .map(str::to_owned),
+    );
     v.extend(net_guest_boot_args(
         guest,
         &format!("net.streams={queues} {append}"),

@@ -49,8 +49,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use xsk_testbed::{
     line_reader, net_guest, net_guest_boot_args, nobody_ids, serial_guard, spawn_nobody_with_caps,
-    spawn_unprivileged, workspace_bin, BrokerProcess, TempDir, Testbed, NET_GUEST_MAC as GUEST_MAC,
-    PEER_IP,
+    spawn_unprivileged, tcg_shared_memory_machine_args, workspace_bin, BrokerProcess, TempDir,
+    Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP,
 };
 
 const CAP_IPC_LOCK: u32 = 14;
@@ -403,25 +403,9 @@ impl Bed {
     /// backend but the `-netdev` (and, for vhost-user, its chardev).
     fn qemu_args(&self, netdev: &[String], phases: &str, a: &Args, msix: bool) -> Vec<String> {
         let (seconds, udplen) = (a.seconds, a.udplen);
-        let mut v: Vec<String> = [
-            // Thread names ("CPU 0/TCG"), for the CPU accounting.
-            "-name",
-            "vm-bench,debug-threads=on",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max,-cx16",
-            "-smp",
-            "1",
-            "-m",
-            "256",
-            "-object",
-            "memory-backend-memfd,id=mem,size=256M,share=on",
-            "-numa",
-            "node,memdev=mem",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        // Thread names ("CPU 0/TCG"), for the CPU accounting.
+        let mut v = vec!["-name".to_owned(), "vm-bench,debug-threads=on".to_owned()];
+        v.extend(tcg_shared_memory_machine_args(1));
         v.extend(net_guest_boot_args(
             &self.guest,
             &format!("net.seconds={seconds} net.bench={phases} net.udplen={udplen}"),
