@@ -129,8 +129,18 @@ fn run() -> Result<()> {
     if !per_queue_xdp.is_empty() {
         println!("kernel       XDP packets per rx queue: {per_queue_xdp:?}");
     }
+    // The client has exited: the broker sees its connection close, ends
+    // the lease and detaches the program (a few milliseconds, done by the
+    // connection's thread). Stopping the broker before that would leave them
+    // in place by design (a restarted broker keeps its holders' leases), so
+    // give it that moment, then stop it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut left = tb.xdp_prog_id().unwrap_or(None);
+    while left.is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = tb.xdp_prog_id().unwrap_or(None);
+    }
     drop(broker);
-    let left = tb.xdp_prog_id().unwrap_or(None);
     println!(
         "cleanup      lease ended; XDP program on {}: {}",
         tb.xsk_if,
