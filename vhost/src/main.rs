@@ -375,9 +375,13 @@ fn serve(
     stop: &Stop,
 ) -> Result<(Result<(), vhost_user_backend::Error>, proxy::Relayed)> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    backend
+        .prepare_exit_events()
+        .context("creating the worker threads' exit eventfds")?;
     let mut daemon = VhostUserDaemon::new("xsk-vhost-user".into(), backend.clone(), mem)
         .map_err(|e| anyhow::anyhow!("starting the vhost-user daemon: {e}"))?;
     let handlers = daemon.get_epoll_handlers();
+    // Every worker took an exit event (see prepare_exit_events).
     if handlers.len() != backend.pairs() {
         bail!(
             "expected {} worker threads, the library made {}",

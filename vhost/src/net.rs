@@ -76,11 +76,18 @@ struct Pair {
     rx_armed: bool,
 }
 
+/// A worker's exit event: the library signals the notifier when the daemon
+/// is dropped, the worker sees it on the consumer and ends.
+type ExitEvent = (EventConsumer, EventNotifier);
+
 struct Inner {
     pairs: Vec<Mutex<Pair>>,
     mac: [u8; 6],
     event_idx: AtomicBool,
     mem: Mutex<Option<Mem>>,
+    /// The next daemon's exit events, made by [`NetBackend::prepare_exit_events`]
+    /// and handed out by `exit_event`.
+    exit_events: Mutex<Vec<ExitEvent>>,
 }
 
 /// The vhost-user-net backend (cheap to clone: it is shared with the
@@ -108,7 +115,21 @@ impl NetBackend {
             mac,
             event_idx: AtomicBool::new(false),
             mem: Mutex::new(None),
+            exit_events: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Make the exit events of the next daemon's workers, one per queue
+    /// pair, before the daemon is made: a worker without one could never be
+    /// told to end, and dropping its daemon would wait for it for ever, so
+    /// failing to make them (e.g. out of fds) must fail the connection
+    /// before any worker exists.
+    pub fn prepare_exit_events(&self) -> io::Result<()> {
+        let events = (0..self.pairs())
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC))
+            .collect::<io::Result<Vec<_>>>()?;
+        *self.0.exit_events.lock().unwrap() = events;
+        Ok(())
     }
 
     /// Queue pairs.
@@ -266,9 +287,10 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        // A fresh pair per worker (the library asks once per worker, as it
-        // makes it); dropping the daemon signals it and joins the worker.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        // One of those made for this daemon (the library asks once per
+        // worker, as it makes it); dropping the daemon signals it and joins
+        // the worker.
+        self.0.exit_events.lock().unwrap().pop()
     }
 
     fn handle_event(
