@@ -312,6 +312,14 @@ impl BrokerProcess {
         &self.socket
     }
 
+    /// `xsk-brokerctl status --json` as root, parsed; panics (a test helper:
+    /// the test fails) if the broker does not answer or the reply is not JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let out = crate::brokerctl(&self.socket, &["status", "--json"], false)
+            .unwrap_or_else(|e| panic!("xsk-brokerctl status: {e}"));
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// The log file (stdout and stderr).
     pub fn log_path(&self) -> &Path {
         &self.log_path

@@ -322,3 +322,12 @@ pub fn built_qemu(flavor: &str) -> PathBuf {
     );
     path
 }
+
+/// Mbit/s of the networking guest's `NET-IPERF DIR streams=N mbits=X` line;
+/// panics (a test helper) if the line has none.
+pub fn iperf_mbits(line: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("mbits="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no throughput in {line:?}"))
+}

@@ -60,8 +60,8 @@ pub use capture::Capture;
 pub use client::{brokerctl, line_reader, serial_guard, ClientProcess, TEST_FRAMES};
 pub use cmd::run_command;
 pub use guest::{
-    built_qemu, guest_crashed, guest_unavailable, net_guest, net_guest_boot_args, require_guest,
-    tcg_shared_memory_machine_args, Guest, GuestSpec, NET_GUEST_IP, NET_GUEST_MAC,
+    built_qemu, guest_crashed, guest_unavailable, iperf_mbits, net_guest, net_guest_boot_args,
+    require_guest, tcg_shared_memory_machine_args, Guest, GuestSpec, NET_GUEST_IP, NET_GUEST_MAC,
 };
 pub use harness::{expect_error, wait_until, BpfFs, BrokerBed, RawPeer};
 pub use lines::{LineProc, GUEST_CRASHED};
@@ -72,7 +72,7 @@ pub use packet::{
 };
 pub use peer::{
     roundtrip_payload, send_udp, send_udp_to, spread_over_queues, udp_roundtrip, udp_roundtrip_to,
-    RoundTrip, DEFAULT_DST_PORT, FLOW_SRC_PORT_BASE, SPREAD_MIN,
+    IperfServer, RoundTrip, DEFAULT_DST_PORT, FLOW_SRC_PORT_BASE, SPREAD_MIN,
 };
 pub use procfd::{proc_fds, proc_socket_domain};
 pub use testbed::{xdp_attachments_from_link_json, Testbed, XdpMode, PEER_IP, XSK_IP};

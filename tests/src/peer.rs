@@ -367,6 +367,30 @@ pub fn udp_roundtrip_to(
     })?
 }
 
+/// `iperf3 -s` on the peer's address in the peer namespace (for guests that
+/// run `iperf3 -c` to it), killed on drop.
+pub struct IperfServer(std::process::Child);
+
+impl IperfServer {
+    /// Start it; its output goes nowhere.
+    pub fn start(tb: &Testbed) -> Result<IperfServer> {
+        tb.peer
+            .exec_command(["iperf3", "-s", "-B", &crate::PEER_IP.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(IperfServer)
+            .with_context(|| format!("starting iperf3 -s in netns {}", tb.peer.name()))
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,15 +12,15 @@
 //! `XSK_QEMU_ACCEL=kvm` boots the guests with KVM where it works.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, built_qemu, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid,
+    built_qemu, cap_eff, iperf_mbits, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid,
     require_root, serial_guard, spawn_nobody_with_caps, spread_over_queues, wait_until,
-    workspace_bin, BpfFs, BrokerProcess, LineProc, TempDir, Testbed, GUEST_CRASHED,
-    NET_GUEST_MAC as GUEST_MAC, PEER_IP, SPREAD_MIN,
+    workspace_bin, BpfFs, BrokerProcess, IperfServer, LineProc, TempDir, Testbed, GUEST_CRASHED,
+    NET_GUEST_MAC as GUEST_MAC, SPREAD_MIN,
 };
 
 const CAP_NET_RAW: u32 = 13;
@@ -294,43 +294,6 @@ fn spawn_qemu(env: &Env, argv: &[String], caps: &[u32]) -> LineProc {
     LineProc::new("QEMU", child)
 }
 
-/// `iperf3 -s` in the peer namespace, killed on drop.
-struct IperfServer(Child);
-
-impl IperfServer {
-    fn start(tb: &Testbed) -> IperfServer {
-        let child = tb
-            .peer
-            .exec_command(["iperf3", "-s", "-B", &PEER_IP.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting iperf3 -s in the peer namespace");
-        IperfServer(child)
-    }
-}
-
-impl Drop for IperfServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status(env: &Env) -> Value {
-    let out = brokerctl(env.broker.socket_path(), &["status", "--json"], false)
-        .unwrap_or_else(|e| panic!("{e}"));
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// Mbit/s of a `NET-IPERF DIR streams=N mbits=X` line.
-fn mbits(line: &str) -> f64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("mbits="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no throughput in {line:?}"))
-}
-
 /// What one guest run showed.
 struct GuestRun {
     /// The broker's status as the guest's NIC came up, before any traffic.
@@ -377,7 +340,7 @@ fn run_guest_twice_on_crash(
 /// nobody with exactly `caps`, that the guest pings the peer and moves TCP both
 /// ways, and that when QEMU exits the lease ends and the program is detached.
 fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> GuestRun {
-    let _server = IperfServer::start(&env.tb);
+    let _server = IperfServer::start(&env.tb).expect("iperf3 server");
     let caps: &[u32] = match flow {
         Flow::SockFds => &[CAP_IPC_LOCK],
         Flow::MapPath => &[CAP_NET_RAW, CAP_IPC_LOCK],
@@ -399,7 +362,7 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
     // The broker holds the lease for QEMU, with the program attached.
     let prog = env.tb.xdp_prog_id().unwrap().expect("XDP program attached");
     let nic = q.wait_line("NET-NIC", GUEST_TIMEOUT);
-    let before = status(env);
+    let before = env.broker.status();
     assert!(
         nic.contains(&format!("rx_queues={queues} ")),
         "the guest's NIC should have {queues} queue pair(s): {nic}"
@@ -409,9 +372,9 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
     spread_over_queues(&env.tb, queues).expect("sending 64 UDP flows from the peer");
     let up = q.wait_line("NET-IPERF up", GUEST_TIMEOUT);
     // Read while the guest runs its second TCP run: QEMU holds the lease.
-    let st = status(env);
+    let st = env.broker.status();
     let down = q.wait_line("NET-IPERF down", GUEST_TIMEOUT);
-    let (up_mbits, down_mbits) = (mbits(&up), mbits(&down));
+    let (up_mbits, down_mbits) = (iperf_mbits(&up), iperf_mbits(&down));
     let rxirq = q.wait_line("NET-RXIRQ", GUEST_TIMEOUT);
     let exit = q.wait_line("GUEST-EXIT", GUEST_TIMEOUT);
     let (qemu_status, stderr) = q.wait_exit(Duration::from_secs(60));
@@ -453,7 +416,7 @@ fn run_guest(env: &Env, flow: Flow, bin: &Path, queues: u32, streams: u32) -> Gu
         Duration::from_secs(10),
         || env.tb.xdp_prog_id().unwrap().is_none().then_some(()),
     );
-    let after = status(env);
+    let after = env.broker.status();
     assert_eq!(after["leases"], serde_json::json!([]), "{after:#}");
     let log = env.broker.log();
     assert!(log.contains("released"), "{log}");
@@ -674,5 +637,5 @@ fn qemu_without_cap_ipc_lock_says_its_umem_does_not_fit() {
 }
 
 fn status_leases(env: &Env) -> usize {
-    status(env)["leases"].as_array().unwrap().len()
+    env.broker.status()["leases"].as_array().unwrap().len()
 }

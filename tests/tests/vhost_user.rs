@@ -15,15 +15,15 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xsk_testbed::{
-    brokerctl, built_qemu, cap_eff, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid,
+    built_qemu, cap_eff, iperf_mbits, net_guest, net_guest_boot_args, nobody_ids, proc_status_uid,
     require_root, serial_guard, spawn_unprivileged, spread_over_queues,
-    tcg_shared_memory_machine_args, wait_until, workspace_bin, BrokerProcess, LineProc, TempDir,
-    Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP, SPREAD_MIN,
+    tcg_shared_memory_machine_args, wait_until, workspace_bin, BrokerProcess, IperfServer,
+    LineProc, TempDir, Testbed, NET_GUEST_MAC as GUEST_MAC, SPREAD_MIN,
 };
 
 /// Debian's QEMU (package qemu-system-x86).
@@ -46,29 +46,6 @@ fn spawn(name: &'static str, cmd: &mut Command) -> LineProc {
     let child =
         spawn_unprivileged(cmd).unwrap_or_else(|e| panic!("starting {name} as nobody: {e:#}"));
     LineProc::new(name, child)
-}
-
-/// `iperf3 -s` in the peer namespace, killed on drop.
-struct IperfServer(Child);
-
-impl Drop for IperfServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status(broker: &BrokerProcess) -> Value {
-    let out = brokerctl(broker.socket_path(), &["status", "--json"], false)
-        .unwrap_or_else(|e| panic!("{e}"));
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn mbits(line: &str) -> f64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("mbits="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no throughput in {line:?}"))
 }
 
 /// QEMU's arguments for the vhost-user NIC on `sock` (README.md shows the same).
@@ -169,15 +146,7 @@ impl Bed {
 
     /// `iperf3 -s` in the peer namespace.
     fn iperf(&self) -> IperfServer {
-        IperfServer(
-            self.tb
-                .peer
-                .exec_command(["iperf3", "-s", "-B", &PEER_IP.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting iperf3 -s in the peer namespace"),
-        )
+        IperfServer::start(&self.tb).expect("iperf3 server")
     }
 
     /// Start xsk-vhost-user as nobody, leasing `queues` queues from the
@@ -295,7 +264,7 @@ fn run_with(test: &str, qemu: &Path, queues: u32, via: Via, append: &str) -> Opt
     let bpid = backend.child.id();
     assert_eq!(proc_status_uid(bpid).unwrap(), nobody.as_raw());
     assert_eq!(cap_eff(bpid).unwrap(), 0, "the backend's CapEff");
-    let st = status(broker);
+    let st = broker.status();
     assert_eq!(st["leases"][0]["holder"]["pid"], bpid, "{st:#}");
 
     let mut qemu = bed.qemu(queues, append);
@@ -327,20 +296,23 @@ fn run_with(test: &str, qemu: &Path, queues: u32, via: Via, append: &str) -> Opt
     let up = qemu.wait_line("NET-IPERF up", GUEST_TIMEOUT);
     let down = qemu.wait_line("NET-IPERF down", GUEST_TIMEOUT);
     // Read while the backend still holds the lease (QEMU runs).
-    let during = status(broker);
+    let during = broker.status();
     let rxirq = qemu.wait_line("NET-RXIRQ", GUEST_TIMEOUT);
     let exit = qemu.wait_line("GUEST-EXIT", GUEST_TIMEOUT);
     let (qst, qerr) = qemu.wait_exit(Duration::from_secs(60));
     eprintln!(
         "vhost-user queues={queues}: guest TCP to the peer {} Mbit/s, from the peer {} Mbit/s \
          (TCG), {rxirq}, {:.1}s in all",
-        mbits(&up),
-        mbits(&down),
+        iperf_mbits(&up),
+        iperf_mbits(&down),
         started.elapsed().as_secs_f64()
     );
     assert_eq!(exit, "GUEST-EXIT rc=0", "{}", qemu.seen.join("\n"));
     assert!(qst.success(), "QEMU: {qst}; stderr:\n{qerr}");
-    assert!(mbits(&up) > 0.0 && mbits(&down) > 0.0, "{up} / {down}");
+    assert!(
+        iperf_mbits(&up) > 0.0 && iperf_mbits(&down) > 0.0,
+        "{up} / {down}"
+    );
     drop(iperf);
     // The peer's traffic reached the guest on every queue pair (the veth's
     // XDP counted packets on each rx queue, whose sockets the backend reads;
@@ -396,7 +368,7 @@ fn run_with(test: &str, qemu: &Path, queues: u32, via: Via, append: &str) -> Opt
         Duration::from_secs(10),
         || tb.xdp_prog_id().unwrap().is_none().then_some(()),
     );
-    let after = status(broker);
+    let after = broker.status();
     assert_eq!(after["leases"], serde_json::json!([]), "{after:#}");
     assert!(!sock.exists(), "the vhost-user socket is left behind");
     let disconnected = backend
@@ -583,7 +555,7 @@ fn vhost_user_reconnect_serves_a_restarted_vmm_then_stops_on_sigterm() {
         0,
         "the dead guest's memory is still mapped"
     );
-    let st = status(&bed.broker);
+    let st = bed.broker.status();
     assert_eq!(st["leases"][0]["holder"]["pid"], bpid, "{st:#}");
     assert_eq!(bed.tb.xdp_prog_id().unwrap(), Some(prog));
 
@@ -598,11 +570,14 @@ fn vhost_user_reconnect_serves_a_restarted_vmm_then_stops_on_sigterm() {
     let (qst, qerr) = q2.wait_exit(Duration::from_secs(60));
     assert_eq!(exit, "GUEST-EXIT rc=0", "{}", q2.output());
     assert!(qst.success(), "QEMU #2: {qst}; stderr:\n{qerr}");
-    assert!(mbits(&up) > 0.0 && mbits(&down) > 0.0, "{up} / {down}");
+    assert!(
+        iperf_mbits(&up) > 0.0 && iperf_mbits(&down) > 0.0,
+        "{up} / {down}"
+    );
     eprintln!(
         "after a reconnect: guest TCP to the peer {} Mbit/s, from the peer {} Mbit/s",
-        mbits(&up),
-        mbits(&down)
+        iperf_mbits(&up),
+        iperf_mbits(&down)
     );
     let gone = wait_event(&mut backend, "disconnected");
     assert_eq!(gone["connection"], 2, "{gone}");
@@ -622,7 +597,7 @@ fn vhost_user_reconnect_serves_a_restarted_vmm_then_stops_on_sigterm() {
         Duration::from_secs(10),
         || bed.tb.xdp_prog_id().unwrap().is_none().then_some(()),
     );
-    assert_eq!(status(&bed.broker)["leases"], serde_json::json!([]));
+    assert_eq!(bed.broker.status()["leases"], serde_json::json!([]));
     assert!(!bed.sock.exists(), "the vhost-user socket is left behind");
 }
 
@@ -656,7 +631,7 @@ fn vhost_user_sigint_while_serving_exits_cleanly() {
         Duration::from_secs(10),
         || bed.tb.xdp_prog_id().unwrap().is_none().then_some(()),
     );
-    assert_eq!(status(&bed.broker)["leases"], serde_json::json!([]));
+    assert_eq!(bed.broker.status()["leases"], serde_json::json!([]));
     assert!(!bed.sock.exists(), "the vhost-user socket is left behind");
     // What QEMU 7.2 makes of its backend going away, for the record.
     let (qst, qerr) = qemu.kill();

@@ -49,8 +49,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use xsk_testbed::{
     line_reader, net_guest, net_guest_boot_args, nobody_ids, serial_guard, spawn_nobody_with_caps,
-    spawn_unprivileged, tcg_shared_memory_machine_args, workspace_bin, BrokerProcess, TempDir,
-    Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP,
+    spawn_unprivileged, tcg_shared_memory_machine_args, workspace_bin, BrokerProcess, IperfServer,
+    TempDir, Testbed, NET_GUEST_MAC as GUEST_MAC, PEER_IP,
 };
 
 const CAP_IPC_LOCK: u32 = 14;
@@ -323,7 +323,7 @@ impl Drop for Proc {
     }
 }
 
-/// A process killed on drop (iperf3 server, perf).
+/// A process killed on drop (perf).
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -438,14 +438,7 @@ fn run_guest(bed: &Bed, a: &Args, backend: Backend, extra: Extra, tag: &str) -> 
     let tb = &bed.tb;
     let phases = PHASES.join(",");
     let msix = a.msix && !matches!(backend, Backend::VhostUser | Backend::Tap);
-    let _iperf = Killed(
-        tb.peer
-            .exec_command(["iperf3", "-s", "-B", &PEER_IP.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting iperf3 -s in the peer namespace")?,
-    );
+    let _iperf = IperfServer::start(tb)?;
     let deadline = Instant::now() + RUN_TIMEOUT;
     let mut backend_proc = None;
     let mut enslaved = false;
