@@ -1,10 +1,33 @@
-//! Netlink attributes (`struct nlattr`), as both of the broker's netlink
-//! users read them: the netdev family's queue replies (probe.rs) and
-//! rtnetlink's link replies (offload.rs).
+//! Netlink messages and attributes (`struct nlmsghdr`, `struct nlattr`), as
+//! both of the broker's netlink users read them: the netdev family's queue
+//! replies (probe.rs) and rtnetlink's link replies (offload.rs).
+
+use std::io;
+
+/// `nlmsghdr.nlmsg_flags`: a request.
+pub const NLM_F_REQUEST: u16 = 1;
+/// `nlmsghdr.nlmsg_type` of an error (or acknowledgement) reply.
+pub const NLMSG_ERROR: u16 = 2;
+/// The size of `struct nlmsghdr`.
+const NLMSG_HDRLEN: usize = 16;
 
 /// The type bits of an attribute's type (without the nested and
 /// byte-order flags).
 pub const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// The first message of a netlink reply: its type and its payload (after the
+/// header, up to the header's length), or the errno an error reply carries.
+pub fn reply(buf: &[u8]) -> io::Result<(u16, &[u8])> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply");
+    let len = u32_at(buf, 0).ok_or_else(bad)? as usize;
+    let kind = u16_at(buf, 4).ok_or_else(bad)?;
+    let payload = buf.get(NLMSG_HDRLEN..len).ok_or_else(bad)?;
+    if kind == NLMSG_ERROR {
+        let errno = u32_at(payload, 0).ok_or_else(bad)? as i32;
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    Ok((kind, payload))
+}
 
 /// A native-endian `u16` at `at`, if `b` holds one there.
 pub fn u16_at(b: &[u8], at: usize) -> Option<u16> {

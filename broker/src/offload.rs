@@ -21,12 +21,10 @@ use nix::sys::socket::{
 };
 use tracing::{info, warn};
 
-use crate::nla::{attributes, u16_at, u32_at};
+use crate::nla::{attributes, reply, u32_at, NLM_F_REQUEST};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
-const NLM_F_REQUEST: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -108,17 +106,14 @@ fn link_info(ifindex: u32) -> io::Result<LinkInfo> {
 
 fn parse_link_reply(msg: &[u8]) -> io::Result<LinkInfo> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "short RTM_GETLINK reply");
-    let len = u32_at(msg, 0).ok_or_else(bad)? as usize;
-    let ty = u16_at(msg, 4).ok_or_else(bad)?;
-    if ty == NLMSG_ERROR {
-        let errno = u32_at(msg, 16).ok_or_else(bad)? as i32;
-        return Err(io::Error::from_raw_os_error(-errno));
-    }
-    if ty != RTM_NEWLINK || len > msg.len() || len < 32 {
-        return Err(bad());
-    }
+    let (ty, payload) = reply(msg)?;
+    // The payload: ifinfomsg (16 bytes), then the attributes.
+    let attrs = payload
+        .get(16..)
+        .filter(|_| ty == RTM_NEWLINK)
+        .ok_or_else(bad)?;
     let mut info = LinkInfo::default();
-    for (ty, data) in attributes(&msg[32..len]) {
+    for (ty, data) in attributes(attrs) {
         match ty {
             IFLA_LINK => info.link = u32_at(data, 0),
             IFLA_LINK_NETNSID => info.peer_netnsid = u32_at(data, 0).map(|v| v as i32),
@@ -188,6 +183,7 @@ fn tx_csum_on(ifname: &str) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nla::NLMSG_ERROR;
 
     fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -16,13 +16,11 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use crate::nla::{attributes, put_attr, u16_at, u32_at};
+use crate::nla::{attributes, put_attr, reply, NLM_F_REQUEST};
 use nix::sys::socket::{
     recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
 };
 
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
@@ -71,14 +69,9 @@ fn request(family: u16, cmd: u8, attrs: &[u8]) -> Vec<u8> {
 /// error reply.
 fn reply_attrs(buf: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply");
-    let len = u32_at(buf, 0).ok_or_else(bad)? as usize;
-    let kind = u16_at(buf, 4).ok_or_else(bad)?;
-    let msg = buf.get(16..len).ok_or_else(bad)?;
-    if kind == NLMSG_ERROR {
-        let errno = u32_at(msg, 0).ok_or_else(bad)? as i32;
-        return Err(io::Error::from_raw_os_error(-errno));
-    }
-    Ok(attributes(msg.get(4..).ok_or_else(bad)?))
+    let (_, payload) = reply(buf)?;
+    // The payload: the genl header (4 bytes), then the attributes.
+    Ok(attributes(payload.get(4..).ok_or_else(bad)?))
 }
 
 /// Whether this kernel's release is at least `want` (major, minor).
@@ -220,6 +213,7 @@ pub fn confine_to_loopback(sock: BorrowedFd<'_>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nla::NLMSG_ERROR;
 
     #[test]
     fn attributes_round_trip_and_align() {
