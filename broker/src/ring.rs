@@ -149,28 +149,10 @@ fn mmap_offsets(sock: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 
 /// `getsockopt(SOL_XDP, XDP_MMAP_OFFSETS)`.
 fn ask_mmap_offsets(sock: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    // SAFETY: xdp_mmap_offsets is plain old data; all-zero is a valid value.
-    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-    let full = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-    let mut len = full;
-    // SAFETY: `off` is writable for `len` bytes; the kernel writes at most
-    // that many and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_XDP,
-            libc::XDP_MMAP_OFFSETS,
-            (&mut off as *mut libc::xdp_mmap_offsets).cast::<c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("getsockopt(XDP_MMAP_OFFSETS): {e}"),
-        ));
-    }
+    let (off, len) =
+        crate::xdp::xdp_getsockopt::<libc::xdp_mmap_offsets>(sock, libc::XDP_MMAP_OFFSETS)
+            .map_err(|e| io::Error::new(e.kind(), format!("getsockopt(XDP_MMAP_OFFSETS): {e}")))?;
+    let full = std::mem::size_of::<libc::xdp_mmap_offsets>();
     if len != full {
         return Err(io::Error::other(format!(
             "getsockopt(XDP_MMAP_OFFSETS) gave {len} bytes, not {full}"

@@ -450,34 +450,52 @@ pub fn create_xsk_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Read an AF_XDP socket's kernel statistics (`getsockopt(SOL_XDP,
-/// XDP_STATISTICS)`). Works on the broker's copy of a leased socket: the copy
-/// and the client's fd are the same kernel socket, bound or not.
-pub fn xsk_statistics(sock: BorrowedFd<'_>) -> io::Result<XdpStatistics> {
-    let mut st = libc::xdp_statistics {
-        rx_dropped: 0,
-        rx_invalid_descs: 0,
-        tx_invalid_descs: 0,
-        rx_ring_full: 0,
-        rx_fill_ring_empty_descs: 0,
-        tx_ring_empty_descs: 0,
-    };
-    let full = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-    let mut len = full;
-    // SAFETY: `st` is a writable xdp_statistics and `len` holds its size; the
-    // kernel writes at most `len` bytes and updates `len`.
+/// A C struct that `getsockopt(SOL_XDP, ...)` fills.
+///
+/// # Safety
+///
+/// Implement it only for plain old data (integers only, no padding
+/// invariants), for which all-zero bytes and any bytes the kernel writes are
+/// valid values.
+pub(crate) unsafe trait XdpSockoptValue: Copy {}
+// SAFETY: six `u64` counters.
+unsafe impl XdpSockoptValue for libc::xdp_statistics {}
+// SAFETY: four `xdp_ring_offset`s of four `u64` offsets each.
+unsafe impl XdpSockoptValue for libc::xdp_mmap_offsets {}
+
+/// `getsockopt(SOL_XDP, opt)` into a `T`: the value (zeros where the kernel
+/// wrote nothing) and how many bytes the kernel wrote, for the caller to
+/// check against what it needs.
+pub(crate) fn xdp_getsockopt<T: XdpSockoptValue>(
+    sock: BorrowedFd<'_>,
+    opt: libc::c_int,
+) -> io::Result<(T, usize)> {
+    // SAFETY: `T` is plain old data (XdpSockoptValue): all-zero is valid.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes; the kernel writes at most
+    // that many (any bytes are a valid `T`) and updates `len`.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_XDP,
-            libc::XDP_STATISTICS,
-            &mut st as *mut libc::xdp_statistics as *mut libc::c_void,
+            opt,
+            (&mut value as *mut T).cast::<libc::c_void>(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok((value, len as usize))
+}
+
+/// Read an AF_XDP socket's kernel statistics (`getsockopt(SOL_XDP,
+/// XDP_STATISTICS)`). Works on the broker's copy of a leased socket: the copy
+/// and the client's fd are the same kernel socket, bound or not.
+pub fn xsk_statistics(sock: BorrowedFd<'_>) -> io::Result<XdpStatistics> {
+    let (st, len) = xdp_getsockopt::<libc::xdp_statistics>(sock, libc::XDP_STATISTICS)?;
+    let full = std::mem::size_of::<libc::xdp_statistics>();
     if len != full {
         // A kernel older than 5.9 fills only the first three counters.
         return Err(io::Error::other(format!(
